@@ -1,0 +1,442 @@
+# cython: language_level=3
+"""The hot extension: one nogil loop per batch chaining parse -> key -> index -> protocol -> outputs.
+
+Stage by stage over sub-batches of SUB packets (measured faster than a rolling pipeline on this
+kind of machine, ../shared/PERFORMANCE.md): parse and hash every packet (prefetching headers ahead),
+prefetch their index slots, probe and prefetch the entries, then run the protocol updates in
+packet order.  The table is only mutated in the last stage, so a flow that is new twice in one
+sub-batch is found by a re-probe after the first insert and inserted once.
+"""
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
+from libc.string cimport memset, memcpy
+import numpy as np
+cimport numpy as cnp
+
+from fastct._types cimport *
+from fastct._parse cimport parse_frame, tuple_reverse_k4, link_type_handled
+from fastct._flowkey cimport meta_hash, key_store
+from fastct._table cimport table_find, slot_insert, sweep_expired, slots_rehash, entry_remove
+from fastct._verdict cimport V_ACCEPT, V_INVALID, V_REOPEN
+from fastct._proto cimport proto_new, proto_packet
+
+cnp.import_array()
+
+cdef enum:
+    SUB = 64                  # packets per stage pass
+    HDR_PREFETCH = 16         # how far ahead packet headers are prefetched
+    MAX_PROBE = 128           # probe length bound
+    MIN_SLOTS = 1024
+
+cdef ct_entry _entry_proto
+cdef ct_cold _cold_proto
+ENTRY_DTYPE = np.asarray(<ct_entry[:1]>(&_entry_proto)).dtype
+COLD_DTYPE = np.asarray(<ct_cold[:1]>(&_cold_proto)).dtype
+ENTRY_SIZE = sizeof(ct_entry)
+COLD_SIZE = sizeof(ct_cold)
+
+
+def entry_layout():
+    """Field offsets of ct_entry as the C compiler laid it out (tests compare them with ENTRY_DTYPE)."""
+    cdef ct_entry e
+    cdef char *b = <char *>&e
+    return {
+        "src": <char *>&e.src - b, "dst": <char *>&e.dst - b, "sport": <char *>&e.sport - b,
+        "dport": <char *>&e.dport - b, "zone": <char *>&e.zone - b, "l3": <char *>&e.l3 - b,
+        "proto": <char *>&e.proto - b, "expires": <char *>&e.expires - b,
+        "status": <char *>&e.status - b, "state": <char *>&e.state - b,
+        "retrans": <char *>&e.retrans - b, "td_end": <char *>&e.td_end - b, "mark": <char *>&e.mark - b,
+        "packets": <char *>&e.packets - b, "bytes": <char *>&e.bytes - b,
+        "last_seen": <char *>&e.last_seen - b, "td_maxend": <char *>&e.td_maxend - b,
+        "td_maxwin": <char *>&e.td_maxwin - b, "aux": <char *>&e.aux - b,
+        "td_scale": <char *>&e.td_scale - b, "td_flags": <char *>&e.td_flags - b,
+        "__size__": sizeof(ct_entry),
+    }
+
+
+def cold_layout():
+    cdef ct_cold c
+    cdef char *b = <char *>&c
+    return {
+        "start": <char *>&c.start - b, "td_maxack": <char *>&c.td_maxack - b,
+        "last_seq": <char *>&c.last_seq - b, "last_ack": <char *>&c.last_ack - b,
+        "last_end": <char *>&c.last_end - b, "last_win": <char *>&c.last_win - b,
+        "last_flags": <char *>&c.last_flags - b, "last_diw": <char *>&c.last_diw - b,
+        "__size__": sizeof(ct_cold),
+    }
+
+
+def names():
+    """The enumerations of include/ct_defs.h, for the Python layer (the one source of these names)."""
+    cdef int i
+    return {
+        "ct_state": [(fastct_ct_state_names[i].decode(), fastct_ct_state_values[i])
+                     for i in range(FASTCT_N_CT_STATE_BITS)],
+        "status": [(fastct_status_names[i].decode(), fastct_status_values[i])
+                   for i in range(FASTCT_N_STATUS_BITS)],
+        "tcp_states": [fastct_tcp_state_names[i].decode() for i in range(TCP_N_STATES)],
+        "timeouts": [(fastct_timeout_names[i].decode(), fastct_timeout_defaults[i]) for i in range(TO_N)],
+        "reasons": [fastct_reason_names[i].decode() for i in range(R_N)],
+        "stats": [fastct_stat_names[i].decode() for i in range(ST_N)],
+    }
+
+
+cdef object _aligned_empty(Py_ssize_t nbytes, Py_ssize_t align):
+    """A zeroed-on-demand uint8 buffer whose data starts on an `align` boundary.  Large buffers come
+    from mmap, so pages nobody touched cost no memory: max_conns can be sized generously."""
+    cdef object raw = np.empty(nbytes + align, dtype=np.uint8)
+    cdef Py_ssize_t addr = raw.ctypes.data
+    cdef Py_ssize_t off = (align - addr % align) % align   # (cdivision: keep operands positive)
+    return raw[off:off + nbytes]
+
+
+cdef class Engine:
+    """The connection table and the batch loop.  Configuration and queries live in fastct.tracker."""
+    cdef ct_table t
+    cdef object _entries_raw
+    cdef object _cold_raw
+    cdef object _slots
+    cdef pkt_meta _meta[SUB]
+    cdef readonly uint32_t max_conns
+    cdef readonly object seed
+    cdef readonly int64_t worst_grow_ns
+
+    def __cinit__(self, uint32_t max_conns, object seed, uint32_t initial_slots=MIN_SLOTS):
+        cdef int i
+        if max_conns < 1:
+            raise ValueError("max_conns must be at least 1")
+        self.max_conns = max_conns
+        memset(&self.t, 0, sizeof(ct_table))
+        self._entries_raw = _aligned_empty(<Py_ssize_t>max_conns * sizeof(ct_entry), 128)
+        self._cold_raw = _aligned_empty(<Py_ssize_t>max_conns * sizeof(ct_cold), 64)
+        self.t.e = <ct_entry *><size_t>self._entries_raw.ctypes.data
+        self.t.cold = <ct_cold *><size_t>self._cold_raw.ctypes.data
+        self.t.cap = max_conns
+        self.t.max_probe = MAX_PROBE
+        self.t.tcp_loose = 1
+        self.t.tcp_be_liberal = 0
+        self.t.tcp_max_retrans = 3
+        rng = np.random.default_rng(seed)
+        self.seed = seed
+        words = rng.integers(0, 2**63, size=4, dtype=np.int64).astype(np.uint64) * np.uint64(2) + np.uint64(1)
+        for i in range(4):
+            self.t.seed[i] = <uint64_t>int(words[i])
+        for i in range(TO_N):
+            self.t.timeouts[i] = fastct_timeout_defaults[i] * 1000000000LL
+        self.t.now = -(1LL << 62)
+        n = MIN_SLOTS
+        while n < initial_slots:
+            n *= 2
+        self._set_slots(np.zeros(n, dtype=np.uint64))
+
+    cdef _set_slots(self, object slots):
+        self._slots = slots
+        self.t.slots = <uint64_t *><size_t>slots.ctypes.data
+        self.t.mask = len(slots) - 1
+        # Grow at load 0.7; a table already holding max_conns never needs to.
+        self.t.grow_at = <uint32_t>min(<uint64_t>(len(slots) * 7 // 10), <uint64_t>0xFFFFFFFF)
+
+    cdef int _grow(self) except -1:
+        """Double the index (re-placing slots by their tags; entries are not touched)."""
+        cdef object new = np.zeros(len(self._slots) * 2, dtype=np.uint64)
+        cdef uint64_t *dst = <uint64_t *><size_t>new.ctypes.data
+        cdef uint64_t n_old = self.t.mask + 1
+        with nogil:
+            slots_rehash(self.t.slots, n_old, dst, n_old * 2 - 1)
+        self._set_slots(new)
+        self.t.stats[ST_GROWS] += 1
+        return 0
+
+    cdef inline bint _needs_grow(self, uint32_t incoming) noexcept nogil:
+        return self.t.n + incoming > self.t.grow_at and self.t.grow_at < self.t.cap
+
+    # ---- configuration -------------------------------------------------------------------
+    def set_timeout(self, int index, int64_t ns):
+        if not 0 <= index < TO_N:
+            raise IndexError(index)
+        self.t.timeouts[index] = ns
+
+    def get_timeout(self, int index):
+        if not 0 <= index < TO_N:
+            raise IndexError(index)
+        return self.t.timeouts[index]
+
+    def set_tcp(self, loose=None, be_liberal=None, max_retrans=None):
+        if loose is not None:
+            self.t.tcp_loose = 1 if loose else 0
+        if be_liberal is not None:
+            self.t.tcp_be_liberal = 1 if be_liberal else 0
+        if max_retrans is not None:
+            self.t.tcp_max_retrans = max_retrans
+
+    # ---- queries -------------------------------------------------------------------------
+    @property
+    def count(self):
+        return self.t.n
+
+    @property
+    def now(self):
+        return self.t.now
+
+    @property
+    def n_slots(self):
+        return self.t.mask + 1
+
+    def entries_view(self):
+        """Zero-copy structured view of entries[0:n] (valid until the next mutating call)."""
+        return self._entries_raw[:self.t.n * sizeof(ct_entry)].view(ENTRY_DTYPE)
+
+    def cold_view(self):
+        return self._cold_raw[:self.t.n * sizeof(ct_cold)].view(COLD_DTYPE)
+
+    def stats_array(self):
+        return np.array([self.t.stats[i] for i in range(ST_N)], dtype=np.uint64)
+
+    def reasons_array(self):
+        return np.array([self.t.reasons[i] for i in range(R_N)], dtype=np.uint64)
+
+    def expire(self, int64_t now):
+        """Delete every entry dead at time `now` (a full sweep)."""
+        cdef uint32_t removed
+        with nogil:
+            self.t.sweep_pos = 0
+            removed = sweep_expired(&self.t, now, self.t.n + 1)
+        return removed
+
+    def memory_bytes(self):
+        """Bytes the table can occupy: entries and cold data for max_conns, plus the index now."""
+        return (self.t.cap * (sizeof(ct_entry) + sizeof(ct_cold))) + (self.t.mask + 1) * 8
+
+    def lookup_key(self, uint64_t k0, uint64_t k1, uint64_t k2, uint64_t k3, uint64_t k4):
+        """(entry index, direction) of the connection with this tuple, either direction, or (-1, 0).
+        Expired entries are not found."""
+        cdef pkt_meta m
+        cdef int32_t idx
+        m.k[0] = k0; m.k[1] = k1; m.k[2] = k2; m.k[3] = k3; m.k[4] = k4
+        m.rk4 = tuple_reverse_k4(k4)
+        m.hash = meta_hash(&m, self.t.seed)
+        m.dir = 0
+        idx = table_find(&self.t, &m)
+        if idx >= 0 and self.t.e[idx].expires <= self.t.now:
+            return -1, 0
+        return idx, m.dir
+
+    # ---- the batch -----------------------------------------------------------------------
+    def process(self, const uint8_t[::1] buf, const int64_t[::1] offsets, const uint32_t[::1] caplen,
+                const uint32_t[::1] wirelen, const int64_t[::1] ts, const uint16_t[::1] iface,
+                const uint32_t[::1] if_linktype, const uint32_t[::1] if_fcslen,
+                uint8_t[::1] out_state, int32_t[::1] out_entry, uint8_t[::1] out_dir,
+                uint64_t[::1] linktype_skipped, int zone=0, bint zone_from_vlan=False, bint commit=True):
+        """Track n packets; fills out_state/out_entry/out_dir.  Returns the number processed."""
+        cdef Py_ssize_t n = offsets.shape[0]
+        cdef Py_ssize_t nbuf = buf.shape[0]
+        cdef Py_ssize_t n_if = if_linktype.shape[0]
+        cdef Py_ssize_t base, i, cnt
+        if caplen.shape[0] != n or wirelen.shape[0] != n or ts.shape[0] != n or iface.shape[0] != n:
+            raise ValueError("offsets, caplen, wirelen, ts and iface must have the same length")
+        if out_state.shape[0] < n or out_entry.shape[0] < n or out_dir.shape[0] < n:
+            raise ValueError("output arrays are shorter than the batch")
+        if if_fcslen.shape[0] != n_if:
+            raise ValueError("if_linktype and if_fcslen must have the same length")
+        if linktype_skipped.shape[0] < 65536:
+            raise ValueError("linktype_skipped must have 65536 counters")
+        if not 0 <= zone <= 0xFFFF:
+            raise ValueError("zone must be in 0..65535")
+        if n == 0:
+            return 0
+        # Bounds of the packet vector are checked once here, so the loop can trust them.
+        with nogil:
+            for i in range(n):
+                if offsets[i] < 0 or offsets[i] + <int64_t>caplen[i] > nbuf or iface[i] >= n_if:
+                    with gil:
+                        raise ValueError(f"packet {i}: offset/caplen outside the buffer or unknown interface")
+        # Incremental expiry, bounded work, before any output index is handed out.
+        with nogil:
+            sweep_expired(&self.t, self.t.now, <uint32_t>(2 * n + 64))
+            if self.t.n >= self.t.cap:
+                sweep_expired(&self.t, self.t.now, 4096)
+        base = 0
+        while base < n:
+            cnt = n - base if n - base < SUB else SUB
+            if commit and self._needs_grow(<uint32_t>cnt):
+                self._grow()
+            with nogil:
+                self._run(&buf[0], &offsets[base], &caplen[base], &wirelen[base], &ts[base], &iface[base],
+                          &if_linktype[0], &if_fcslen[0], <uint32_t>cnt, n - base,
+                          &out_state[base], &out_entry[base], &out_dir[base], &linktype_skipped[0],
+                          <uint16_t>zone, zone_from_vlan, commit)
+            base += cnt
+        return n
+
+    cdef void _run(self, const uint8_t *buf, const int64_t *off, const uint32_t *cap, const uint32_t *wire,
+                   const int64_t *ts, const uint16_t *iface, const uint32_t *if_lt, const uint32_t *if_fcs,
+                   uint32_t cnt, Py_ssize_t left, uint8_t *o_state, int32_t *o_entry, uint8_t *o_dir,
+                   uint64_t *lt_skipped, uint16_t zone, bint zone_from_vlan, bint commit) noexcept nogil:
+        cdef ct_table *t = &self.t
+        cdef pkt_meta *m
+        cdef uint32_t i, j, inserted = 0
+        cdef uint64_t zbits
+        cdef int32_t idx
+        cdef ct_entry *e
+        cdef ct_cold *c
+        cdef int v
+        cdef uint8_t reason, st
+        cdef Py_ssize_t ahead = HDR_PREFETCH if HDR_PREFETCH < left else left
+        # Stage 1: parse, key, hash.  Headers are prefetched HDR_PREFETCH packets ahead.
+        for i in range(cnt):
+            if i + HDR_PREFETCH < left:
+                FASTCT_PREFETCH_R(buf + off[i + HDR_PREFETCH])
+            m = &self._meta[i]
+            parse_frame(buf + off[i], cap[i], wire[i], if_lt[iface[i]], if_fcs[iface[i]], m)
+            if ts[i] >= t.now:
+                t.now = ts[i]
+            else:
+                t.stats[ST_TIME_BACKWARDS] += 1
+            m.now = t.now
+            m.idx = -1
+            m.dir = 0
+            if m.kind == PK_TRACK:
+                zbits = <uint64_t>(m.vlan if zone_from_vlan else zone) << 32
+                m.k[4] |= zbits
+                m.rk4 = tuple_reverse_k4(m.k[4])
+                m.hash = meta_hash(m, t.seed)
+                m.sack = m.ack
+                FASTCT_PREFETCH_R(&t.slots[(m.hash >> 32) & t.mask])
+        # Stage 2: probe; prefetch the entries (both lines) and their cold records.
+        for i in range(cnt):
+            m = &self._meta[i]
+            if m.kind == PK_TRACK:
+                m.idx = table_find(t, m)
+                if m.idx >= 0:
+                    FASTCT_PREFETCH_W(&t.e[m.idx])
+                    FASTCT_PREFETCH_W(<char *>&t.e[m.idx] + 64)
+                    if m.proto == IP_PROTO_TCP:
+                        FASTCT_PREFETCH_W(&t.cold[m.idx])
+        # Stage 3: protocol state and outputs, in packet order.
+        for i in range(cnt):
+            m = &self._meta[i]
+            t.stats[ST_PACKETS] += 1
+            if m.kind != PK_TRACK:
+                o_state[i] = 0
+                o_entry[i] = -1
+                o_dir[i] = 0
+                if m.kind == PK_INVALID:
+                    o_state[i] = CS_INV | CS_TRK
+                    t.stats[ST_INVALID] += 1
+                    t.reasons[m.reason] += 1
+                elif m.kind == PK_NON_IP:
+                    t.stats[ST_NON_IP] += 1
+                elif m.kind == PK_UNTRACKED:
+                    t.stats[ST_UNTRACKED] += 1
+                else:
+                    t.stats[ST_LINKTYPE_SKIPPED] += 1
+                    lt_skipped[m.linktype] += 1
+                continue
+            idx = m.idx
+            if idx < 0 and inserted:
+                idx = table_find(t, m)      # an earlier packet of this sub-batch may have created it
+            if idx >= 0 and t.e[idx].expires <= m.now:
+                # Dead but not yet swept: the kernel would not find it.  Its slot is reused below if
+                # this packet starts a new connection (same tuple, same hash, same slot).
+                v = V_REOPEN
+            elif idx >= 0:
+                e = &t.e[idx]
+                c = &t.cold[idx]
+                t.stats[ST_FOUND] += 1
+                v = proto_packet(t, e, c, m)
+                if v == V_ACCEPT:
+                    if m.dir == DIR_REPLY:
+                        e.status |= IPS_SEEN_REPLY
+                        st = CS_TRK | CS_EST | CS_RPL
+                    elif e.status & IPS_SEEN_REPLY:
+                        st = CS_TRK | CS_EST
+                    else:
+                        st = CS_TRK | CS_NEW
+                    o_state[i] = st
+                    o_entry[i] = idx
+                    o_dir[i] = m.dir
+                    continue
+                if v == V_INVALID:
+                    o_state[i] = CS_INV | CS_TRK
+                    o_entry[i] = -1
+                    o_dir[i] = m.dir
+                    t.stats[ST_INVALID] += 1
+                    t.reasons[m.reason] += 1
+                    continue
+                # V_REOPEN: the old connection is replaced by a new one from this packet.
+            else:
+                v = V_ACCEPT
+            # A new connection.
+            m.dir = DIR_ORIGINAL
+            if idx < 0:
+                if t.n >= t.cap:
+                    o_state[i] = CS_INV | CS_TRK
+                    o_entry[i] = -1
+                    o_dir[i] = 0
+                    t.stats[ST_DROP] += 1
+                    t.stats[ST_INVALID] += 1
+                    t.reasons[R_TABLE_FULL] += 1
+                    continue
+                e = &t.e[t.n]      # build in the next free entry; it only counts once indexed
+                c = &t.cold[t.n]
+            else:
+                # A dead entry, or one a TCP reopen replaces: rebuilt in place (same tuple hash).
+                e = &t.e[idx]
+                c = &t.cold[idx]
+            reason = proto_new(t, e, c, m)
+            if reason != R_VALID:
+                o_state[i] = CS_INV | CS_TRK
+                o_entry[i] = -1
+                o_dir[i] = 0
+                t.stats[ST_INVALID] += 1
+                t.reasons[reason] += 1
+                if idx >= 0:
+                    e.expires = m.now    # the dead entry stays dead (proto_new cleared its state)
+                continue
+            if not commit:
+                # OVS ct() without commit: the verdict of a new connection, nothing stored.
+                o_state[i] = CS_TRK | CS_NEW
+                o_entry[i] = -1
+                o_dir[i] = 0
+                if idx >= 0:
+                    e.expires = m.now
+                continue
+            if idx < 0:
+                if slot_insert(t, m.hash, t.n) < 0:
+                    o_state[i] = CS_INV | CS_TRK
+                    o_entry[i] = -1
+                    o_dir[i] = 0
+                    t.stats[ST_DROP] += 1
+                    t.stats[ST_INVALID] += 1
+                    t.stats[ST_CHAINTOOLONG] += 1
+                    t.stats[ST_INSERT_FAILED] += 1
+                    t.reasons[R_CHAIN_TOO_LONG] += 1
+                    continue
+                idx = <int32_t>t.n
+                t.n += 1
+                inserted += 1
+            key_store(e, m)
+            e.status = IPS_CONFIRMED
+            e.mark = 0
+            e.aux = 0xFFFFFFFF
+            e.packets[0] = e.packets[1] = 0
+            e.bytes[0] = e.bytes[1] = 0
+            e.expires = m.now
+            e.last_seen = m.now
+            c.start = m.now
+            t.stats[ST_INSERT] += 1
+            v = proto_packet(t, e, c, m)
+            if v != V_ACCEPT:
+                # The first packet refused after all (cannot happen for a packet proto_new accepted,
+                # but never leave a half-made entry alive).
+                e.expires = m.now
+                o_state[i] = CS_INV | CS_TRK
+                o_entry[i] = -1
+                o_dir[i] = 0
+                t.stats[ST_INVALID] += 1
+                t.reasons[m.reason] += 1
+                continue
+            if e.status & IPS_DYING:
+                e.expires = m.now
+            o_state[i] = CS_TRK | CS_NEW
+            o_entry[i] = idx
+            o_dir[i] = 0

@@ -1,0 +1,358 @@
+# cython: language_level=3
+"""Stage 1: a raw frame -> pkt_meta (the tuple as seen, lengths, TCP fields, or why it is unusable).
+
+Every read is preceded by a check against the captured length `cap`; lengths taken from headers
+are checked against the frame's wire length (what the kernel would have received), so nothing here
+reads past the captured bytes whatever the input.  Inline, so it compiles into the engine's loop.
+"""
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+from fastct._types cimport *
+
+# Link types (LINKTYPE_* values as stored in pcap/pcapng files).
+cdef enum:
+    LT_NULL = 0
+    LT_ETHERNET = 1
+    LT_RAW = 101
+    LT_LOOP = 108
+    LT_LINUX_SLL = 113
+    LT_IPV4 = 228
+    LT_IPV6 = 229
+    LT_NFLOG = 239
+    LT_LINUX_SLL2 = 276
+
+# Ethertypes.
+cdef enum:
+    ETH_TYPE_IP = 0x0800
+    ETH_TYPE_IP6 = 0x86DD
+    ETH_TYPE_8021Q = 0x8100
+    ETH_TYPE_8021AD = 0x88A8
+    ETH_TYPE_QINQ_OLD = 0x9100
+
+# TCP flags (BSD names).
+cdef enum:
+    TH_FIN = 0x01
+    TH_SYN = 0x02
+    TH_RST = 0x04
+    TH_PUSH = 0x08
+    TH_ACK = 0x10
+    TH_URG = 0x20
+
+cdef inline bint link_type_handled(uint32_t lt) noexcept nogil:
+    return lt == LT_NULL or lt == LT_ETHERNET or lt == LT_RAW or lt == LT_LOOP or \
+        lt == LT_LINUX_SLL or lt == LT_IPV4 or lt == LT_IPV6 or lt == LT_NFLOG or lt == LT_LINUX_SLL2
+
+cdef inline void _bad(pkt_meta *m, uint8_t reason) noexcept nogil:
+    m.kind = PK_INVALID
+    m.reason = reason
+
+cdef inline uint8_t icmp_inverse_type(uint8_t proto, uint8_t t) noexcept nogil:
+    """The type of the answer to ICMP type `t` (request <-> reply), 0xFF when it has none.
+    The kernel inverts the type the same way when it builds a reply tuple."""
+    if proto == IP_PROTO_ICMP:
+        if t == 8: return 0
+        if t == 0: return 8
+        if t == 13: return 14
+        if t == 14: return 13
+        if t == 15: return 16
+        if t == 16: return 15
+        if t == 17: return 18
+        if t == 18: return 17
+        return 0xFF
+    if t == 128: return 129
+    if t == 129: return 128
+    if t == 139: return 140
+    if t == 140: return 139
+    return 0xFF
+
+cdef inline uint64_t tuple_reverse_k4(uint64_t k4) noexcept nogil:
+    """Key word of the reversed tuple: ports swapped, or for ICMP the type inverted (id and code kept).
+    One function for packets and stored entries, so a tuple and its reverse always hash alike."""
+    cdef uint8_t proto = <uint8_t>(k4 >> 56)
+    cdef uint64_t upper = k4 & 0xFFFFFFFF00000000ULL
+    cdef uint64_t sport = k4 & 0xFFFF
+    cdef uint64_t dport = (k4 >> 16) & 0xFFFF
+    cdef uint8_t inv
+    if proto == IP_PROTO_ICMP or proto == IP_PROTO_ICMP6:
+        inv = icmp_inverse_type(proto, <uint8_t>(dport >> 8))
+        if inv == 0xFF:
+            return k4
+        return upper | sport | ((<uint64_t>inv << 8 | (dport & 0xFF)) << 16)
+    return upper | dport | (sport << 16)
+
+cdef inline bint proto_has_ports(uint8_t proto) noexcept nogil:
+    # DCCP is tracked as generic (no ports in the key) by the 6.18 kernel, which has no DCCP tracker.
+    return proto == IP_PROTO_TCP or proto == IP_PROTO_UDP or proto == IP_PROTO_UDPLITE or \
+        proto == IP_PROTO_SCTP
+
+cdef inline void parse_l4(const uint8_t *p, uint32_t l4, uint32_t l4len, uint32_t l4cap,
+                          uint8_t proto, pkt_meta *m) noexcept nogil:
+    """Transport header at p[l4]: `l4len` bytes by the IP header, `l4cap` of them captured."""
+    cdef uint32_t doff, o, end, ulen
+    cdef uint16_t sport = 0, dport = 0
+    cdef uint8_t kind, olen, t
+    m.proto = proto
+    if proto == IP_PROTO_TCP:
+        if l4len < 20 or l4cap < 20:
+            _bad(m, R_L4_TRUNCATED); return
+        doff = (p[l4 + 12] >> 4) * 4
+        if doff < 20 or doff > l4len:
+            _bad(m, R_TCP_BAD_DOFF); return
+        sport = fastct_be16(p + l4)
+        dport = fastct_be16(p + l4 + 2)
+        m.seq = fastct_be32(p + l4 + 4)
+        m.ack = fastct_be32(p + l4 + 8)
+        m.tcpflags = p[l4 + 13]
+        m.win = fastct_be16(p + l4 + 14)
+        m.datalen = l4len - doff
+        if m.tcpflags & TH_SYN:
+            # Options matter only on SYNs (window scale, SACK permitted); read what was captured.
+            end = doff if doff < l4cap else l4cap
+            o = 20
+            while o < end:
+                kind = p[l4 + o]
+                if kind == 0:
+                    break
+                if kind == 1:
+                    o += 1
+                    continue
+                if o + 1 >= end:
+                    break
+                olen = p[l4 + o + 1]
+                if olen < 2 or o + olen > end:
+                    break
+                if kind == 3 and olen == 3:
+                    m.wscale = p[l4 + o + 2] if p[l4 + o + 2] <= 14 else 14
+                elif kind == 4 and olen == 2:
+                    m.sackperm = 1
+                o += olen
+    elif proto == IP_PROTO_UDP or proto == IP_PROTO_UDPLITE:
+        if l4len < 8 or l4cap < 8:
+            _bad(m, R_L4_TRUNCATED); return
+        sport = fastct_be16(p + l4)
+        dport = fastct_be16(p + l4 + 2)
+        ulen = fastct_be16(p + l4 + 4)
+        if proto == IP_PROTO_UDP:
+            if ulen < 8 or ulen > l4len:
+                _bad(m, R_UDP_BAD_LEN); return
+        elif ulen != 0 and (ulen < 8 or ulen > l4len):
+            # UDP-Lite: the field is the checksum coverage; 0 means the whole packet.
+            _bad(m, R_UDP_BAD_LEN); return
+    elif proto == IP_PROTO_SCTP:
+        if l4len < 12 or l4cap < 12:
+            _bad(m, R_L4_TRUNCATED); return
+        sport = fastct_be16(p + l4)
+        dport = fastct_be16(p + l4 + 2)
+    elif proto == IP_PROTO_ICMP or proto == IP_PROTO_ICMP6:
+        if l4len < 8 or l4cap < 8:
+            _bad(m, R_L4_TRUNCATED); return
+        t = p[l4]
+        if proto == IP_PROTO_ICMP:
+            if t == 3 or t == 4 or t == 5 or t == 11 or t == 12:
+                _bad(m, R_ICMP_ERROR); return
+        else:
+            if t < 128:
+                _bad(m, R_ICMP_ERROR); return
+            if (t >= 130 and t <= 136) or t == 143:
+                # Neighbour discovery and MLD: the kernel leaves these untracked.
+                m.kind = PK_UNTRACKED
+                return
+        sport = fastct_be16(p + l4 + 4)          # echo id
+        dport = <uint16_t>(t << 8 | p[l4 + 1])  # type << 8 | code
+    elif proto == IP_PROTO_DCCP:
+        if l4len < 12 or l4cap < 12:
+            _bad(m, R_L4_TRUNCATED); return
+    elif proto == IP_PROTO_GRE:
+        if l4len < 4 or l4cap < 4:
+            _bad(m, R_L4_TRUNCATED); return
+    m.k[4] = <uint64_t>sport | (<uint64_t>dport << 16) | (<uint64_t>proto << 56)
+
+cdef inline void parse_ipv4(const uint8_t *p, uint32_t off, uint32_t cap, uint32_t wire,
+                            pkt_meta *m) noexcept nogil:
+    cdef uint32_t ihl, tot, l4, capend
+    if off + 20 > cap:
+        _bad(m, R_IP_TRUNCATED); return
+    if (p[off] >> 4) != 4:
+        _bad(m, R_IP_BAD_VERSION); return
+    ihl = (p[off] & 0x0F) * 4
+    if ihl < 20:
+        _bad(m, R_IP_BAD_HLEN); return
+    tot = fastct_be16(p + off + 2)
+    if tot < ihl or off + tot > wire:
+        _bad(m, R_IP_BAD_LEN); return
+    if off + ihl > cap:
+        _bad(m, R_IP_TRUNCATED); return
+    m.k[0] = fastct_load32(p + off + 12)
+    m.k[1] = 0
+    m.k[2] = fastct_load32(p + off + 16)
+    m.k[3] = 0
+    m.iplen = tot
+    if fastct_be16(p + off + 6) & 0x3FFF:
+        _bad(m, R_FRAGMENT); return
+    l4 = off + ihl
+    capend = off + tot if off + tot < cap else cap
+    parse_l4(p, l4, tot - ihl, capend - l4, p[off + 9], m)
+    m.k[4] |= <uint64_t>L3_IPV4 << 48
+
+cdef inline void parse_ipv6(const uint8_t *p, uint32_t off, uint32_t cap, uint32_t wire,
+                            pkt_meta *m) noexcept nogil:
+    cdef uint32_t plen, pos, end, capend, hlen, n
+    cdef uint8_t nh
+    if off + 40 > cap:
+        _bad(m, R_IP_TRUNCATED); return
+    if (p[off] >> 4) != 6:
+        _bad(m, R_IP_BAD_VERSION); return
+    plen = fastct_be16(p + off + 4)
+    if off + 40 + plen > wire:
+        _bad(m, R_IP_BAD_LEN); return
+    m.k[0] = fastct_load64(p + off + 8)
+    m.k[1] = fastct_load64(p + off + 16)
+    m.k[2] = fastct_load64(p + off + 24)
+    m.k[3] = fastct_load64(p + off + 32)
+    m.iplen = 40 + plen
+    nh = p[off + 6]
+    pos = off + 40
+    end = pos + plen
+    capend = end if end < cap else cap
+    # Walk the extension headers the kernel skips to find the transport protocol (hop-by-hop,
+    # routing, fragment, destination options, AH); any other next header is the protocol.
+    # Each header is at least 8 bytes, so the walk ends within the packet.
+    n = 0
+    while nh == 0 or nh == 43 or nh == 44 or nh == 60 or nh == 51:
+        n += 1
+        if n > 64:
+            _bad(m, R_IP6_EXT_TOO_MANY); return
+        if pos + 8 > end or pos + 8 > capend:
+            _bad(m, R_IP6_EXT_TRUNCATED); return
+        if nh == 44:
+            if fastct_be16(p + pos + 2) & 0xFFF9:
+                _bad(m, R_FRAGMENT); return
+            hlen = 8
+        elif nh == 51:
+            hlen = (p[pos + 1] + 2) * 4
+        else:
+            hlen = (p[pos + 1] + 1) * 8
+        nh = p[pos]
+        pos += hlen
+        if pos > end:
+            _bad(m, R_IP6_EXT_TRUNCATED); return
+    if pos > capend:
+        _bad(m, R_L4_TRUNCATED); return
+    parse_l4(p, pos, end - pos, capend - pos, nh, m)
+    m.k[4] |= <uint64_t>L3_IPV6 << 48
+
+cdef inline void parse_ip_ethertype(const uint8_t *p, uint32_t off, uint32_t cap, uint32_t wire,
+                                    uint16_t et, pkt_meta *m) noexcept nogil:
+    cdef uint32_t n = 0
+    # 802.1Q / 802.1ad / old QinQ tags, any depth; the outermost VLAN id is kept for --zone-from vlan.
+    while et == ETH_TYPE_8021Q or et == ETH_TYPE_8021AD or et == ETH_TYPE_QINQ_OLD:
+        if off + 4 > cap:
+            _bad(m, R_VLAN_TRUNCATED); return
+        if n == 0:
+            m.vlan = fastct_be16(p + off) & 0x0FFF
+        n += 1
+        et = fastct_be16(p + off + 2)
+        off += 4
+    if et == ETH_TYPE_IP:
+        parse_ipv4(p, off, cap, wire, m)
+    elif et == ETH_TYPE_IP6:
+        parse_ipv6(p, off, cap, wire, m)
+    else:
+        m.kind = PK_NON_IP
+
+cdef inline void parse_ip_by_version(const uint8_t *p, uint32_t off, uint32_t cap, uint32_t wire,
+                                     pkt_meta *m) noexcept nogil:
+    if off >= cap:
+        _bad(m, R_IP_TRUNCATED); return
+    if (p[off] >> 4) == 4:
+        parse_ipv4(p, off, cap, wire, m)
+    elif (p[off] >> 4) == 6:
+        parse_ipv6(p, off, cap, wire, m)
+    else:
+        _bad(m, R_IP_BAD_VERSION)
+
+cdef inline void parse_nflog(const uint8_t *p, uint32_t cap, uint32_t wire, pkt_meta *m) noexcept nogil:
+    # NFLOG: family, version, resource id, then TLVs whose length and type are in the capturing
+    # host's byte order (little-endian in practice); the payload TLV (type 9) holds the IP packet.
+    cdef uint32_t off = 4, tlen, ttype
+    cdef uint8_t family
+    if cap < 4:
+        _bad(m, R_L2_TRUNCATED); return
+    family = p[0]
+    while off + 4 <= cap:
+        tlen = fastct_le16(p + off)
+        ttype = fastct_le16(p + off + 2) & 0x7FFF
+        if tlen < 4:
+            _bad(m, R_L2_TRUNCATED); return
+        if ttype == 9:
+            if off + tlen > wire:
+                _bad(m, R_L2_TRUNCATED); return
+            if family == 2:
+                parse_ipv4(p, off + 4, cap, off + tlen, m)
+            elif family == 10:
+                parse_ipv6(p, off + 4, cap, off + tlen, m)
+            else:
+                m.kind = PK_NON_IP
+            return
+        off += (tlen + 3) & ~3U
+    m.kind = PK_NON_IP
+
+cdef inline void parse_frame(const uint8_t *p, uint32_t cap, uint32_t wire, uint32_t linktype,
+                             uint32_t fcslen, pkt_meta *m) noexcept nogil:
+    """Fill `m` from one frame; `cap` bytes of it were captured, `wire` were on the wire."""
+    cdef uint32_t af
+    m.kind = PK_TRACK
+    m.reason = R_VALID
+    m.vlan = 0
+    m.tcpflags = 0
+    m.wscale = 0xFF
+    m.sackperm = 0
+    m.datalen = 0
+    m.iplen = 0
+    m.proto = 0
+    m.linktype = <uint16_t>linktype
+    m.k[4] = 0
+    if wire < cap:
+        wire = cap    # a record whose wire length is below its captured length: trust the capture
+    if fcslen:
+        # The frame check sequence ends the frame: it is not part of the IP packet.
+        wire = wire - fcslen if wire > fcslen else 0
+        if cap > wire:
+            cap = wire
+    if linktype == LT_ETHERNET:
+        if cap < 14:
+            _bad(m, R_L2_TRUNCATED); return
+        parse_ip_ethertype(p, 14, cap, wire, fastct_be16(p + 12), m)
+    elif linktype == LT_LINUX_SLL:
+        if cap < 16:
+            _bad(m, R_L2_TRUNCATED); return
+        parse_ip_ethertype(p, 16, cap, wire, fastct_be16(p + 14), m)
+    elif linktype == LT_LINUX_SLL2:
+        if cap < 20:
+            _bad(m, R_L2_TRUNCATED); return
+        parse_ip_ethertype(p, 20, cap, wire, fastct_be16(p), m)
+    elif linktype == LT_RAW:
+        parse_ip_by_version(p, 0, cap, wire, m)
+    elif linktype == LT_IPV4:
+        parse_ipv4(p, 0, cap, wire, m)
+    elif linktype == LT_IPV6:
+        parse_ipv6(p, 0, cap, wire, m)
+    elif linktype == LT_NULL or linktype == LT_LOOP:
+        if cap < 4:
+            _bad(m, R_L2_TRUNCATED); return
+        # LOOP is in network order; NULL in the capturing host's order, which we detect.
+        if linktype == LT_LOOP:
+            af = fastct_be32(p)
+        else:
+            af = fastct_le32(p)
+            if af > 0xFFFF:
+                af = fastct_bswap32(af)
+        if af == 2:
+            parse_ipv4(p, 4, cap, wire, m)
+        elif af == 10 or af == 24 or af == 28 or af == 30:
+            parse_ipv6(p, 4, cap, wire, m)
+        else:
+            m.kind = PK_NON_IP
+    elif linktype == LT_NFLOG:
+        parse_nflog(p, cap, wire, m)
+    else:
+        m.kind = PK_SKIP

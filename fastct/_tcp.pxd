@@ -1,0 +1,410 @@
+# cython: language_level=3
+"""TCP tracking as the Linux kernel does it (nf_conntrack_proto_tcp.c, 6.x): the transition table,
+window tracking (tcp_in_window), the ignore/resync bookkeeping and the timeout choice.
+
+Facts were read from the kernel source and re-expressed here; the kernel remains the reference
+(see docs in README "Semantics").  Sequence numbers compare modulo 2^32.
+"""
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t, int64_t
+from fastct._types cimport *
+from fastct._verdict cimport *
+
+# Flag classes: the row of the transition table (kernel get_conntrack_index).
+cdef enum:
+    TI_SYN = 0
+    TI_SYNACK = 1
+    TI_FIN = 2
+    TI_ACK = 3
+    TI_RST = 4
+    TI_NONE = 5
+
+# Per-direction flags (kernel IP_CT_TCP_FLAG_*) kept in ct_entry.td_flags / ct_cold.last_flags.
+cdef enum:
+    TF_WINDOW_SCALE = 0x01
+    TF_SACK_PERM = 0x02
+    TF_CLOSE_INIT = 0x04
+    TF_BE_LIBERAL = 0x08
+    TF_DATA_UNACK = 0x10
+    TF_MAXACK_SET = 0x20
+    TF_EXP_CHALLENGE_ACK = 0x40
+    TF_SIMULTANEOUS_OPEN = 0x80
+
+# Table cells beyond the states.
+cdef enum:
+    sIV = 10     # invalid
+    sIG = 11     # ignore
+
+cdef enum:
+    MAXACKWINCONST = 66000
+
+# tcp_conntracks[dir][flag class][old state] -> new state.  Columns: NONE SYN_SENT SYN_RECV
+# ESTABLISHED FIN_WAIT CLOSE_WAIT LAST_ACK TIME_WAIT CLOSE SYN_SENT2 (kernel 6.x values).
+cdef extern from *:
+    """
+    static const unsigned char fastct_tcp_next[2][6][10] = {
+      { /* ORIGINAL */
+        /* syn    */ { 1, 1, 11, 11, 11, 11, 11, 1, 1, 9 },
+        /* synack */ { 10, 10, 2, 10, 10, 10, 10, 10, 10, 2 },
+        /* fin    */ { 10, 10, 4, 4, 6, 6, 6, 7, 8, 10 },
+        /* ack    */ { 3, 10, 3, 3, 5, 5, 7, 7, 8, 10 },
+        /* rst    */ { 10, 8, 8, 8, 8, 8, 8, 8, 8, 8 },
+        /* none   */ { 10, 10, 10, 10, 10, 10, 10, 10, 10, 10 },
+      },
+      { /* REPLY */
+        /* syn    */ { 10, 9, 10, 10, 10, 10, 10, 1, 10, 9 },
+        /* synack */ { 10, 2, 11, 11, 11, 11, 11, 11, 11, 2 },
+        /* fin    */ { 10, 10, 4, 4, 6, 6, 6, 7, 8, 10 },
+        /* ack    */ { 10, 11, 2, 3, 5, 5, 7, 7, 8, 11 },
+        /* rst    */ { 10, 8, 8, 8, 8, 8, 8, 8, 8, 8 },
+        /* none   */ { 10, 10, 10, 10, 10, 10, 10, 10, 10, 10 },
+      },
+    };
+    /* Valid flag combinations, indexed by flags & 0x37, i.e. without PSH, ECE and CWR (kernel tcp_valid_flags). */
+    static const unsigned char fastct_tcp_valid_flags[64] = {
+      [0x02] = 1, [0x22] = 1, [0x12] = 1, [0x04] = 1, [0x14] = 1,
+      [0x11] = 1, [0x31] = 1, [0x10] = 1, [0x30] = 1,
+    };
+    """
+    const unsigned char fastct_tcp_next[2][6][10]
+    const unsigned char fastct_tcp_valid_flags[64]
+
+cdef inline bint seq_before(uint32_t a, uint32_t b) noexcept nogil:
+    return <int32_t>(a - b) < 0
+
+cdef inline bint seq_after(uint32_t a, uint32_t b) noexcept nogil:
+    return <int32_t>(b - a) < 0
+
+cdef inline uint8_t tcp_index(uint8_t flags) noexcept nogil:
+    if flags & 0x04:
+        return TI_RST
+    if flags & 0x02:
+        return TI_SYNACK if flags & 0x10 else TI_SYN
+    if flags & 0x01:
+        return TI_FIN
+    if flags & 0x10:
+        return TI_ACK
+    return TI_NONE
+
+cdef inline uint32_t tcp_end(const pkt_meta *m) noexcept nogil:
+    """seq + payload + SYN + FIN (kernel segment_seq_plus_len)."""
+    return m.seq + m.datalen + (1 if m.tcpflags & 0x02 else 0) + (1 if m.tcpflags & 0x01 else 0)
+
+# ct_cold.last_diw packs last_index (bits 0-2), last_dir (bit 3) and last_wscale (bits 4-7).
+cdef inline uint8_t last_index(const ct_cold *c) noexcept nogil:
+    return c.last_diw & 7
+
+cdef inline uint8_t last_dir(const ct_cold *c) noexcept nogil:
+    return (c.last_diw >> 3) & 1
+
+cdef inline uint8_t last_wscale(const ct_cold *c) noexcept nogil:
+    return c.last_diw >> 4
+
+cdef inline void set_last(ct_cold *c, uint8_t index, uint8_t d) noexcept nogil:
+    c.last_diw = (c.last_diw & 0xF0) | (index & 7) | ((d & 1) << 3)
+
+cdef inline void set_last_wscale(ct_cold *c, uint8_t ws) noexcept nogil:
+    c.last_diw = (c.last_diw & 0x0F) | ((ws & 0x0F) << 4)
+
+cdef inline void tcp_options_into(ct_entry *e, uint8_t d, const pkt_meta *m) noexcept nogil:
+    """Kernel tcp_options: scale and flags from a SYN's options (other flags cleared but BE_LIBERAL)."""
+    e.td_scale[d] = 0
+    e.td_flags[d] &= TF_BE_LIBERAL
+    if m.sackperm:
+        e.td_flags[d] |= TF_SACK_PERM
+    if m.wscale != 0xFF:
+        e.td_scale[d] = m.wscale
+        e.td_flags[d] |= TF_WINDOW_SCALE
+
+cdef inline void tcp_init_sender(ct_entry *e, uint8_t d, const pkt_meta *m, uint32_t end) noexcept nogil:
+    e.td_end[d] = end
+    e.td_maxend[d] = end
+    e.td_maxwin[d] = m.win if m.win else 1
+    tcp_options_into(e, d, m)
+    if d == DIR_REPLY and not ((e.td_flags[0] & TF_WINDOW_SCALE) and (e.td_flags[1] & TF_WINDOW_SCALE)):
+        e.td_scale[0] = 0
+        e.td_scale[1] = 0
+
+cdef inline uint8_t tcp_new(ct_table *t, ct_entry *e, ct_cold *c, const pkt_meta *m) noexcept nogil:
+    """May this packet start a TCP connection (kernel tcp_error + tcp_new)?"""
+    cdef uint8_t index, ns
+    cdef uint32_t end
+    if not fastct_tcp_valid_flags[m.tcpflags & 0x37]:
+        return R_TCP_BAD_FLAGS
+    index = tcp_index(m.tcpflags)
+    ns = fastct_tcp_next[0][index][TCP_NONE]
+    if ns >= sIV:
+        return R_TCP_NO_NEW
+    end = tcp_end(m)
+    c.td_maxack[0] = c.td_maxack[1] = 0
+    c.last_seq = c.last_ack = c.last_end = 0
+    c.last_win = 0
+    c.last_flags = 0
+    c.last_diw = 0
+    e.td_end[0] = end
+    e.td_maxwin[0] = m.win if m.win else 1
+    if ns == TCP_SYN_SENT:
+        e.td_maxend[0] = end
+        tcp_options_into(e, 0, m)
+    else:
+        if not t.tcp_loose:
+            return R_TCP_NO_NEW
+        # Picked up mid-stream: its history is lost, so window checks are liberal from now on.
+        e.td_maxend[0] = end + e.td_maxwin[0]
+        e.td_flags[0] = TF_SACK_PERM | TF_BE_LIBERAL
+        e.td_flags[1] = TF_SACK_PERM | TF_BE_LIBERAL
+    set_last(c, TI_NONE, 0)
+    return R_VALID
+
+cdef inline int tcp_window_fail(ct_table *t, ct_entry *e, uint8_t d, pkt_meta *m, int ret,
+                                uint8_t reason) noexcept nogil:
+    # Kernel nf_tcp_log_invalid: a liberal connection (or sysctl) accepts what the checks refuse,
+    # without updating the window state.
+    if (e.td_flags[d] & TF_BE_LIBERAL) or t.tcp_be_liberal:
+        return 0
+    m.reason = reason
+    return ret
+
+# tcp_in_window results.
+cdef enum:
+    TW_ACCEPT = 0
+    TW_UPDATED = 3   # accepted and the window state updated (internal: same as accept for callers)
+    TW_IGNORE = 1
+    TW_INVALID = 2
+
+cdef inline int tcp_in_window(ct_table *t, ct_entry *e, ct_cold *c, pkt_meta *m, uint8_t index) noexcept nogil:
+    cdef uint8_t d = m.dir
+    cdef uint8_t r = 1 - d
+    cdef uint32_t seq = m.seq, ack = m.ack, sack = m.sack, end = tcp_end(m)
+    cdef uint32_t win = m.win, swin, overshot, maxack_win
+    cdef uint16_t win_raw = <uint16_t>m.win
+    cdef bint syn = (m.tcpflags & 0x02) != 0
+    cdef bint has_ack = (m.tcpflags & 0x10) != 0
+    cdef bint in_recv_win, ack_ok
+    if not (e.td_flags[r] & TF_SACK_PERM):
+        sack = ack
+    if e.td_maxwin[d] == 0:
+        if syn:
+            tcp_init_sender(e, d, m, end)
+            if not has_ack:
+                return TW_ACCEPT     # simultaneous open
+        else:
+            e.td_end[d] = end
+            swin = win << e.td_scale[d]
+            e.td_maxwin[d] = swin if swin else 1
+            e.td_maxend[d] = end + e.td_maxwin[d]
+            if e.td_maxwin[r] == 0:
+                e.td_end[r] = sack
+                e.td_maxend[r] = sack
+            elif sack == e.td_end[r] + 1:
+                e.td_end[r] += 1     # likely a reply to a keepalive
+    elif syn and seq_after(end, e.td_end[d]) and (e.state == TCP_SYN_SENT or e.state == TCP_SYN_RECV):
+        # A SYN or SYN/ACK re-sent with a new ISN or options: start this direction again.
+        tcp_init_sender(e, d, m, end)
+        if d == DIR_REPLY and not has_ack:
+            return TW_ACCEPT
+    if not has_ack:
+        ack = sack = e.td_end[r]
+    elif (m.tcpflags & 0x14) == 0x14 and ack == 0:
+        ack = sack = e.td_end[r]    # broken stacks: RST+ACK with a zero ack
+    if (m.tcpflags & 0x04) and seq == 0 and e.state == TCP_SYN_SENT:
+        seq = end = e.td_end[d]     # RST answering a SYN
+    maxack_win = e.td_maxwin[d] if e.td_maxwin[d] > MAXACKWINCONST else MAXACKWINCONST
+    if not seq_before(seq, e.td_maxend[d] + 1):
+        overshot = end - e.td_maxend[d] + 1
+        ack_ok = seq_after(sack, e.td_end[r] - maxack_win - 1)
+        in_recv_win = e.td_maxwin[r] != 0 and seq_after(end, e.td_end[d] - e.td_maxwin[r] - 1)
+        if in_recv_win and ack_ok and overshot <= e.td_maxwin[r] and seq_before(sack, e.td_end[r] + 1):
+            # More bytes than the receive window allowed: ignore (not invalid), remember the end.
+            e.td_end[d] = end
+            e.td_flags[d] |= TF_DATA_UNACK
+            return tcp_window_fail(t, e, d, m, TW_IGNORE, R_TCP_SEQ_OVER)
+        return tcp_window_fail(t, e, d, m, TW_INVALID, R_TCP_SEQ_OVER)
+    if not seq_before(sack, e.td_end[r] + 1):
+        return tcp_window_fail(t, e, d, m, TW_INVALID, R_TCP_ACK_OVER)
+    in_recv_win = e.td_maxwin[r] == 0 or seq_after(end, e.td_end[d] - e.td_maxwin[r] - 1)
+    if not in_recv_win:
+        return tcp_window_fail(t, e, d, m, TW_IGNORE, R_TCP_SEQ_UNDER)
+    if not seq_after(sack, e.td_end[r] - maxack_win - 1):
+        return tcp_window_fail(t, e, d, m, TW_IGNORE, R_TCP_ACK_UNDER)
+    if not syn:
+        win <<= e.td_scale[d]
+    # Sender.
+    swin = win + (sack - ack)
+    if e.td_maxwin[d] < swin:
+        e.td_maxwin[d] = swin
+    if seq_after(end, e.td_end[d]):
+        e.td_end[d] = end
+        e.td_flags[d] |= TF_DATA_UNACK
+    if has_ack:
+        if not (e.td_flags[d] & TF_MAXACK_SET):
+            c.td_maxack[d] = ack
+            e.td_flags[d] |= TF_MAXACK_SET
+        elif seq_after(ack, c.td_maxack[d]):
+            c.td_maxack[d] = ack
+    # Receiver.
+    if e.td_maxwin[r] != 0 and seq_after(end, e.td_maxend[d]):
+        e.td_maxwin[r] += end - e.td_maxend[d]
+    if seq_after(sack + win, e.td_maxend[r] - 1):
+        e.td_maxend[r] = sack + win
+        if win == 0:
+            e.td_maxend[r] += 1
+    if ack == e.td_end[r]:
+        e.td_flags[r] &= ~TF_DATA_UNACK
+    # Retransmissions of the same ACK-class segment.
+    if index == TI_ACK:
+        if last_dir(c) == d and c.last_seq == seq and c.last_ack == ack and c.last_end == end and \
+                c.last_win == win_raw:
+            if e.retrans < 255:
+                e.retrans += 1
+        else:
+            set_last(c, last_index(c), d)
+            c.last_seq = seq
+            c.last_ack = ack
+            c.last_end = end
+            c.last_win = win_raw
+            e.retrans = 0
+    return TW_ACCEPT
+
+cdef inline int tcp_packet(ct_table *t, ct_entry *e, ct_cold *c, pkt_meta *m) noexcept nogil:
+    """One packet of a TCP connection (the first included); kernel nf_conntrack_tcp_packet."""
+    cdef uint8_t d = m.dir
+    cdef uint8_t index, old_state, new_state, ld
+    cdef int res
+    cdef bint skip_window = False
+    cdef int64_t timeout
+    cdef const int64_t *to = t.timeouts
+    if not fastct_tcp_valid_flags[m.tcpflags & 0x37]:
+        m.reason = R_TCP_BAD_FLAGS
+        return V_INVALID
+    old_state = e.state
+    index = tcp_index(m.tcpflags)
+    new_state = fastct_tcp_next[d][index][old_state]
+    if new_state == TCP_SYN_SENT and old_state >= TCP_TIME_WAIT:
+        # A SYN on a closed connection: reopen it if we saw it closed by a FIN, or reset by this side.
+        if ((e.td_flags[d] | e.td_flags[1 - d]) & TF_CLOSE_INIT) or \
+                (last_dir(c) == d and last_index(c) == TI_RST):
+            return V_REOPEN
+        new_state = sIG
+    if new_state == sIG:
+        if index == TI_SYNACK and last_index(c) == TI_SYN and last_dir(c) != d and m.ack == c.last_end:
+            # This SYN/ACK answers a SYN we ignored: both ends are in sync, get in sync with them.
+            ld = last_dir(c)
+            old_state = TCP_SYN_SENT
+            new_state = TCP_SYN_RECV
+            e.td_end[ld] = c.last_end
+            e.td_maxend[ld] = c.last_end
+            e.td_maxwin[ld] = c.last_win if c.last_win else 1
+            e.td_scale[ld] = last_wscale(c)
+            c.last_flags &= ~TF_EXP_CHALLENGE_ACK
+            e.td_flags[ld] = c.last_flags
+            e.td_end[d] = e.td_maxend[d] = e.td_maxwin[d] = 0
+            c.td_maxack[d] = 0
+            e.td_scale[d] = 0
+            e.td_flags[d] &= TF_BE_LIBERAL
+        else:
+            set_last(c, index, d)
+            c.last_seq = m.seq
+            c.last_end = tcp_end(m)
+            c.last_win = <uint16_t>m.win
+            if index == TI_SYN and d == DIR_ORIGINAL:
+                c.last_flags = 0
+                set_last_wscale(c, 0)
+                if m.wscale != 0xFF:
+                    c.last_flags |= TF_WINDOW_SCALE
+                    set_last_wscale(c, m.wscale)
+                if m.sackperm:
+                    c.last_flags |= TF_SACK_PERM
+                if old_state == TCP_LAST_ACK:
+                    c.last_flags |= TF_EXP_CHALLENGE_ACK
+            if old_state == TCP_SYN_SENT and index == TI_ACK and d == DIR_REPLY:
+                c.last_ack = m.ack
+            return V_ACCEPT      # ignored: accepted, but neither counted nor refreshed
+    elif new_state == sIV:
+        m.reason = R_TCP_INVALID_STATE
+        return V_INVALID
+    elif new_state == TCP_TIME_WAIT:
+        if old_state == TCP_LAST_ACK and index == TI_ACK and last_dir(c) != d and \
+                last_index(c) == TI_SYN and (c.last_flags & TF_EXP_CHALLENGE_ACK):
+            c.last_flags &= ~TF_EXP_CHALLENGE_ACK
+            return V_ACCEPT      # an RFC 5961 challenge ACK, not the ACK of the last FIN
+    elif new_state == TCP_SYN_SENT2:
+        c.last_flags |= TF_SIMULTANEOUS_OPEN
+    elif new_state == TCP_SYN_RECV:
+        if d == DIR_REPLY and index == TI_ACK and (c.last_flags & TF_SIMULTANEOUS_OPEN):
+            new_state = TCP_ESTABLISHED
+    elif new_state == TCP_CLOSE and index == TI_RST:
+        if old_state >= TCP_FIN_WAIT and old_state <= TCP_CLOSE:
+            skip_window = True   # closing anyway (kernel tcp_can_early_drop)
+        else:
+            if (e.td_flags[1 - d] & TF_MAXACK_SET) and last_index(c) != TI_SYN:
+                if m.seq == 0 and not (old_state == TCP_ESTABLISHED and (e.status & IPS_ASSURED)):
+                    pass
+                elif seq_before(m.seq, c.td_maxack[1 - d]):
+                    m.reason = R_TCP_SEQ_UNDER
+                    return V_INVALID
+                elif not (old_state == TCP_ESTABLISHED and (e.status & IPS_ASSURED)) or \
+                        m.seq == c.td_maxack[1 - d]:
+                    pass
+                elif last_index(c) == TI_ACK and last_dir(c) == d and m.seq == c.last_end:
+                    pass
+                else:
+                    new_state = old_state    # keep the state: a challenge ACK may follow
+            if (((e.status & IPS_SEEN_REPLY) and last_index(c) == TI_SYN) or
+                    (not (e.status & IPS_ASSURED) and last_index(c) == TI_ACK)) and m.ack == c.last_end:
+                skip_window = True       # RST answering a SYN or ACK we let through unchecked
+            elif old_state == TCP_SYN_SENT and last_index(c) == TI_ACK and last_dir(c) == DIR_REPLY and \
+                    m.seq == c.last_ack:
+                skip_window = True       # RST answering a challenge ACK
+    if not skip_window:
+        res = tcp_in_window(t, e, c, m, index)
+        if res == TW_IGNORE:
+            return V_ACCEPT
+        if res == TW_INVALID:
+            tcp_handle_invalid(t, e, c, m, index)
+            return V_INVALID
+    set_last(c, index, d)
+    e.state = new_state
+    if old_state != new_state and new_state == TCP_FIN_WAIT:
+        e.td_flags[d] |= TF_CLOSE_INIT
+    if e.retrans >= t.tcp_max_retrans and to[TO_TCP_NONE + new_state] > to[TO_TCP_MAX_RETRANS]:
+        timeout = to[TO_TCP_MAX_RETRANS]
+    elif index == TI_RST:
+        timeout = to[TO_TCP_CLOSE]
+    elif ((e.td_flags[0] | e.td_flags[1]) & TF_DATA_UNACK) and to[TO_TCP_NONE + new_state] > to[TO_TCP_UNACK]:
+        timeout = to[TO_TCP_UNACK]
+    elif c.last_win == 0 and to[TO_TCP_NONE + new_state] > to[TO_TCP_MAX_RETRANS]:
+        timeout = to[TO_TCP_MAX_RETRANS]
+    else:
+        timeout = to[TO_TCP_NONE + new_state]
+    if not (e.status & IPS_SEEN_REPLY):
+        if m.tcpflags & 0x04:
+            # Only a RST came back (or went out) before any reply: the kernel deletes the entry at once.
+            refresh(t, e, m, 0)
+            e.status |= IPS_DYING
+            return V_ACCEPT
+        if index == TI_SYN and old_state == TCP_SYN_SENT:
+            return V_ACCEPT      # a retransmitted SYN neither counts nor renews the timer
+        if new_state == TCP_ESTABLISHED and timeout > to[TO_TCP_UNACK]:
+            timeout = to[TO_TCP_UNACK]
+    elif not (e.status & IPS_ASSURED) and (old_state == TCP_SYN_RECV or old_state == TCP_ESTABLISHED) \
+            and new_state == TCP_ESTABLISHED:
+        e.status |= IPS_ASSURED
+    refresh(t, e, m, timeout)
+    return V_ACCEPT
+
+cdef inline void tcp_handle_invalid(ct_table *t, ct_entry *e, ct_cold *c, pkt_meta *m, uint8_t index) noexcept nogil:
+    # An out-of-window FIN or RST answered from the other side: do not leave an ASSURED connection
+    # in ESTABLISHED for days; shrink its timer as for unacknowledged data (kernel nf_tcp_handle_invalid).
+    cdef int64_t left
+    if not (e.status & IPS_ASSURED):
+        return
+    if index != TI_RST and index != TI_FIN:
+        return
+    if last_dir(c) != m.dir and (last_index(c) == TI_FIN or last_index(c) == TI_RST):
+        left = e.expires - m.now
+        if left < 120 * 1000000000LL:
+            return
+        if left > t.timeouts[TO_TCP_UNACK]:
+            e.expires = m.now + t.timeouts[TO_TCP_UNACK]
+    else:
+        set_last(c, index, m.dir)

@@ -1,0 +1,178 @@
+# cython: language_level=3
+"""The shared C vocabulary of fastct: every struct and enum the stages pass between them.
+
+The numpy dtype of a table entry is derived from `ct_entry` (fastct/_engine.pyx, ENTRY_DTYPE), never
+restated, and tests/test_layout.py checks every field offset against the C compiler's.
+"""
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t, int32_t
+
+cdef extern from "compat.h" nogil:
+    bint FASTCT_LIKELY(bint)
+    bint FASTCT_UNLIKELY(bint)
+    void FASTCT_PREFETCH_R(const void *)
+    void FASTCT_PREFETCH_W(const void *)
+    uint16_t fastct_be16(const uint8_t *)
+    uint32_t fastct_be32(const uint8_t *)
+    uint16_t fastct_le16(const uint8_t *)
+    uint32_t fastct_le32(const uint8_t *)
+    uint64_t fastct_load64(const void *)
+    uint32_t fastct_load32(const void *)
+    uint32_t fastct_bswap32(uint32_t)
+    uint16_t fastct_bswap16(uint16_t)
+    uint64_t fastct_hash5(uint64_t, uint64_t, uint64_t, uint64_t, uint64_t, const uint64_t *)
+
+cdef extern from "ct_defs.h" nogil:
+    enum:
+        CS_NEW, CS_EST, CS_REL, CS_RPL, CS_INV, CS_TRK, CS_SNAT, CS_DNAT
+    enum:
+        IPS_EXPECTED, IPS_SEEN_REPLY, IPS_ASSURED, IPS_CONFIRMED, IPS_SRC_NAT, IPS_DST_NAT
+        IPS_SRC_NAT_DONE, IPS_DST_NAT_DONE, IPS_DYING, IPS_UNTRACKED
+    enum:
+        TCP_NONE, TCP_SYN_SENT, TCP_SYN_RECV, TCP_ESTABLISHED, TCP_FIN_WAIT, TCP_CLOSE_WAIT
+        TCP_LAST_ACK, TCP_TIME_WAIT, TCP_CLOSE, TCP_SYN_SENT2, TCP_N_STATES
+    enum:
+        TO_TCP_NONE, TO_TCP_SYN_SENT, TO_TCP_SYN_RECV, TO_TCP_ESTABLISHED, TO_TCP_FIN_WAIT
+        TO_TCP_CLOSE_WAIT, TO_TCP_LAST_ACK, TO_TCP_TIME_WAIT, TO_TCP_CLOSE, TO_TCP_SYN_SENT2
+        TO_TCP_MAX_RETRANS, TO_TCP_UNACK, TO_UDP, TO_UDP_STREAM, TO_ICMP, TO_ICMPV6, TO_GENERIC, TO_N
+    enum:
+        R_VALID, R_L2_TRUNCATED, R_VLAN_TRUNCATED, R_IP_TRUNCATED, R_IP_BAD_VERSION, R_IP_BAD_HLEN
+        R_IP_BAD_LEN, R_IP6_EXT_TRUNCATED, R_IP6_EXT_TOO_MANY, R_L4_TRUNCATED, R_UDP_BAD_LEN, R_TCP_BAD_DOFF
+        R_TCP_BAD_FLAGS, R_TCP_INVALID_STATE, R_TCP_SEQ_OVER, R_TCP_SEQ_UNDER, R_TCP_ACK_OVER
+        R_TCP_ACK_UNDER, R_TCP_NO_NEW, R_ICMP_NO_NEW, R_ICMP_ERROR, R_FRAGMENT, R_TABLE_FULL
+        R_CHAIN_TOO_LONG, R_TIME_BACKWARDS, R_N
+    enum:
+        ST_FOUND, ST_INVALID, ST_INSERT, ST_INSERT_FAILED, ST_DROP, ST_EARLY_DROP, ST_ERROR
+        ST_SEARCH_RESTART, ST_CLASH_RESOLVE, ST_CHAINTOOLONG, ST_PACKETS, ST_UNTRACKED, ST_NON_IP
+        ST_LINKTYPE_SKIPPED, ST_TIME_BACKWARDS, ST_EXPIRED, ST_PROBES, ST_PROBE_MAX, ST_GROWS, ST_N
+    const char *fastct_ct_state_names[]
+    const int fastct_ct_state_values[]
+    const char *fastct_status_names[]
+    const int fastct_status_values[]
+    const char *fastct_tcp_state_names[]
+    const char *fastct_timeout_names[]
+    const int64_t fastct_timeout_defaults[]
+    const char *fastct_reason_names[]
+    const char *fastct_stat_names[]
+    int FASTCT_N_CT_STATE_BITS
+    int FASTCT_N_STATUS_BITS
+
+# Address families as conntrack prints them ("ipv4 2", "ipv6 10").
+cdef enum:
+    L3_IPV4 = 2
+    L3_IPV6 = 10
+
+# IP protocol numbers (dpkt/BSD names).
+cdef enum:
+    IP_PROTO_ICMP = 1
+    IP_PROTO_TCP = 6
+    IP_PROTO_UDP = 17
+    IP_PROTO_DCCP = 33
+    IP_PROTO_GRE = 47
+    IP_PROTO_ICMP6 = 58
+    IP_PROTO_SCTP = 132
+    IP_PROTO_UDPLITE = 136
+
+# Directions (kernel IP_CT_DIR_*).
+cdef enum:
+    DIR_ORIGINAL = 0
+    DIR_REPLY = 1
+
+# What the parser made of a frame.
+cdef enum:
+    PK_TRACK = 0      # an IP packet with a usable transport header: tracked
+    PK_INVALID = 1    # damaged or unusable header: ct_state inv+trk, reason counted
+    PK_NON_IP = 2     # a frame of a handled link type that carries no IP (ARP, LLDP...): ct_state 0
+    PK_SKIP = 3       # a link type fastct does not handle: counted per link type, ct_state 0
+    PK_UNTRACKED = 4  # IP but never tracked, as in the kernel (IPv6 neighbour discovery, MLD)
+
+# A table entry: 128 bytes, two cache lines.  Line 0 holds the original tuple (the lookup key) and
+# what every packet writes (expiry, status, state, TCP sequence ends); line 1 the per-direction
+# counters and the rest of the TCP window state.  Fields are ordered so that natural alignment leaves
+# no padding, so the C layout and the numpy dtype derived from it agree byte for byte.
+#
+# Tuple layout, shared by IPv4 and IPv6: addresses are 16 bytes in network order; an IPv4 address
+# takes bytes 0-3 and bytes 4-15 are zero.  Ports are in host order; for ICMP/ICMPv6 `sport` holds
+# the echo id and `dport` is type << 8 | code, as the kernel's tuple keeps them.  The reply tuple is
+# the reverse of this one (ports swapped, ICMP type inverted) and is not stored; only NAT will store a
+# translated reply tuple, out of line (`aux`).  Bytes 32-39 read as one little-endian uint64 are
+# sport | dport << 16 | zone << 32 | l3 << 48 | proto << 56 (the key word `k4`).
+cdef struct ct_entry:
+    uint8_t src[16]         # 0   original source address
+    uint8_t dst[16]         # 16  original destination address
+    uint16_t sport          # 32  original source port / ICMP id
+    uint16_t dport          # 34  original destination port / ICMP type << 8 | code
+    uint16_t zone           # 36  conntrack zone
+    uint8_t l3              # 38  L3_IPV4 (2) or L3_IPV6 (10)
+    uint8_t proto           # 39  IP protocol number
+    int64_t expires         # 40  ns; the entry is dead once the time reaches this
+    uint16_t status         # 48  IPS_* bits (kernel values)
+    uint8_t state           # 50  protocol state (TCP_* for TCP)
+    uint8_t retrans         # 51  TCP retransmission count (kernel ct->proto.tcp.retrans)
+    uint32_t td_end[2]      # 52  TCP per direction: highest seq + len sent
+    uint32_t mark           # 60  ct mark
+    uint64_t packets[2]     # 64  per direction (original, reply)
+    uint64_t bytes[2]       # 80  per direction, IP total length as the kernel counts
+    int64_t last_seen       # 96  ns, last packet that refreshed the entry
+    uint32_t td_maxend[2]   # 104 TCP per direction: highest ack + window the peer allowed
+    uint32_t td_maxwin[2]   # 112 TCP per direction: largest window advertised
+    uint32_t aux            # 120 index into side tables (NAT reply tuple, label, helper); 0xFFFFFFFF none
+    uint8_t td_scale[2]     # 124 TCP window scale per direction
+    uint8_t td_flags[2]     # 126 TCP per-direction flags (kernel IP_CT_TCP_FLAG_*)
+
+# Cold per-entry data, in a parallel array of 32-byte records (never straddling a cache line):
+# the start time, and the TCP bookkeeping the kernel keeps for retransmission detection and for
+# getting back in sync after ignored packets (ct->proto.tcp.last_*, td_maxack).
+cdef struct ct_cold:
+    int64_t start           # 0  ns, time of the first packet (conntrack's start timestamp)
+    uint32_t td_maxack[2]   # 8  TCP per direction: highest ack sent
+    uint32_t last_seq       # 16 TCP: the last packet's seq, ack, end and raw window
+    uint32_t last_ack       # 20
+    uint32_t last_end       # 24
+    uint16_t last_win       # 28
+    uint8_t last_flags      # 30 TCP: options of an ignored SYN, simultaneous open, challenge ACK
+    uint8_t last_diw        # 31 TCP: last_index (bits 0-2), last_dir (bit 3), last_wscale (bits 4-7)
+
+# What the parser hands the later stages for one packet (per-batch scratch, never stored).
+cdef struct pkt_meta:
+    uint64_t k[5]           # the tuple as seen, in ct_entry's byte layout (k[4] is the key word)
+    uint64_t rk4            # key word of the reversed tuple (ports swapped, ICMP type inverted)
+    uint64_t hash           # keyed symmetric hash: equal for a tuple and its reverse
+    int64_t now             # packet time, ns, never older than the newest seen before it
+    uint32_t iplen          # IP total length: what the counters add
+    uint32_t seq            # TCP
+    uint32_t ack            # TCP
+    uint32_t datalen        # TCP payload length
+    uint32_t win            # TCP window field (unscaled)
+    uint32_t sack           # TCP: highest SACK right edge above ack (ack when none)
+    int32_t idx             # entry found, -1 none
+    uint16_t vlan           # outermost VLAN id (0 none), for --zone-from vlan
+    uint8_t tcpflags        # TCP flags byte (FIN 0x01 ... CWR 0x80)
+    uint8_t wscale          # TCP window scale option value, 0xFF when absent
+    uint8_t sackperm        # TCP SACK-permitted option present
+    uint8_t reason          # R_*: why the packet is invalid (R_VALID otherwise)
+    uint8_t kind            # PK_*
+    uint8_t dir             # DIR_* relative to the entry found
+    uint8_t ct_state        # output
+    uint8_t proto           # IP protocol (duplicated from k[4] for quick dispatch)
+    uint16_t linktype       # the frame's link type (for the skipped-link-type counter)
+
+# The table: entries, cold data and the open-addressing index, plus counters.  The arrays are numpy
+# arrays owned by the engine object; this struct holds raw pointers so the batch loop needs no GIL.
+cdef struct ct_table:
+    ct_entry *e             # entries[0:n] are live (kept dense: deletion moves the last one down)
+    ct_cold *cold           # parallel to e
+    uint64_t *slots         # index: tag << 32 | (entry + 1); 0 is empty
+    uint64_t mask           # number of slots - 1 (a power of two minus one)
+    uint32_t n              # entries in use
+    uint32_t cap            # max_conns: entries allocated
+    uint32_t grow_at        # n at which the index doubles (load factor 0.7)
+    uint32_t sweep_pos      # incremental expiry sweep cursor
+    uint32_t max_probe      # probe length bound
+    uint32_t tcp_loose      # nf_conntrack_tcp_loose
+    uint32_t tcp_be_liberal # nf_conntrack_tcp_be_liberal
+    uint32_t tcp_max_retrans
+    uint64_t seed[4]        # hash key
+    int64_t now             # newest packet time seen, ns
+    int64_t timeouts[TO_N]  # ns
+    uint64_t stats[ST_N]
+    uint64_t reasons[R_N]

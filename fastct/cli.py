@@ -1,0 +1,129 @@
+"""The `fastct` command: `fastct track FILE` prints the table conntrack would list; `fastct bench`."""
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+
+from fastct._version import __version__
+
+EXIT_OK, EXIT_INPUT, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+LINKTYPE_NAMES = {0: "NULL", 1: "EN10MB", 9: "PPP", 101: "RAW", 104: "C_HDLC", 108: "LOOP", 113: "LINUX_SLL",
+                  192: "PPI", 226: "IPNET", 228: "IPV4", 229: "IPV6", 239: "NFLOG", 258: "PKTAP",
+                  276: "LINUX_SLL2", 284: "DSA_TAG_DSA"}
+
+
+class UsageError(Exception):
+    pass
+
+
+def _int_arg(lo, hi, what):
+    def parse(text):
+        try:
+            value = int(text, 0)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} must be an integer, not {text!r}") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"{what} must be between {lo} and {hi}, not {value}")
+        return value
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fastct", description="Fast connection tracking (conntrack) in user space.")
+    p.add_argument("--version", action="version", version=f"fastct {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("track", help="track a pcap/pcapng capture and print the connection table",
+                       description="Track every packet of a pcap or pcapng capture as the Linux kernel's "
+                                   "conntrack would, then print the table like `conntrack -L -o extended`.")
+    t.add_argument("file", help="pcap or pcapng capture")
+    t.add_argument("--stats", action="store_true", help="print conntrack -S counters after the table")
+    t.add_argument("--zone", type=_int_arg(0, 65535, "--zone"), default=0, help="put all traffic in zone N")
+    t.add_argument("--zone-from", choices=["vlan"], help="take the zone from the outer VLAN id")
+    t.add_argument("--max-conns", type=_int_arg(1, 2**31 - 1, "--max-conns"), default=262144,
+                   help="table size (nf_conntrack_max; default 262144)")
+    t.add_argument("--batch-size", type=_int_arg(1, 1 << 20, "--batch-size"), default=4096,
+                   help="packets per batch (results do not depend on it)")
+    t.add_argument("--seed", type=_int_arg(0, 2**63 - 1, "--seed"), default=None,
+                   help="hash seed (default random)")
+    b = sub.add_parser("bench", help="run the benchmark scenarios")
+    from fastct.bench import add_arguments
+    add_arguments(b)
+    return p
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "track":
+            return cmd_track(args)
+        if args.command == "bench":
+            from fastct.bench import run
+            return run(args)
+    except BrokenPipeError:
+        sys.stderr.close()
+        return EXIT_OK
+    except UsageError as exc:
+        print(f"fastct: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_USAGE
+
+
+def cmd_track(args) -> int:
+    from fastct.capture.reader import CaptureError, CaptureReader
+    from fastct.conntrack_fmt import format_fastct_stats, format_stats, format_table
+    from fastct.tracker import Tracker
+
+    try:
+        tracker = Tracker(max_conns=args.max_conns, seed=args.seed)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    error = None
+    interrupted = False
+    reader = None
+    try:
+        reader = CaptureReader(args.file, batch_size=args.batch_size)
+        for batch in reader:
+            tracker.process(batch, zone=args.zone, zone_from_vlan=args.zone_from == "vlan")
+        error = reader.error
+    except CaptureError as exc:
+        error = exc
+    except KeyboardInterrupt:
+        interrupted = True
+    # Ctrl-C from here on would cut the table short: finish printing first.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    stats = tracker.stats()
+    lines = format_table(tracker.entries(), tracker.cold()["start"], tracker.now)
+    out = sys.stdout
+    if lines:
+        out.write("\n".join(lines) + "\n")
+    if args.stats:
+        out.write(format_stats(stats) + "\n" + format_fastct_stats(stats) + "\n")
+    out.flush()
+    err = sys.stderr
+    err.write(f"fastct {__version__}: {len(lines)} flow entries have been shown.\n")
+    handled = stats["packets"] - stats["linktype_skipped"]
+    for lt, count in sorted(stats["linktypes_skipped"].items()):
+        name = LINKTYPE_NAMES.get(lt, "")
+        err.write(f"fastct: skipped {count} frames of link type {lt}{' (' + name + ')' if name else ''}: "
+                  f"not handled\n")
+    if stats["non_ip"]:
+        err.write(f"fastct: {stats['non_ip']} frames carried no IP (ARP, LLDP...): not tracked\n")
+    status = EXIT_OK
+    if error is not None:
+        err.write(f"fastct: error: {error}\n")
+        status = EXIT_INPUT
+    elif stats["packets"] and not handled:
+        err.write("fastct: error: no packet of a link type fastct handles\n")
+        status = EXIT_INPUT
+    if interrupted:
+        err.write("fastct: interrupted: the table above holds the packets processed so far\n")
+        status = EXIT_INTERRUPTED
+    if reader is not None:
+        reader.close()
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+/* The one place where fastct's enumerations and their names are defined.
+ *
+ * Each list is an X-macro: the C enum, the name table the Python layer reads, and (for TCP states and
+ * timeouts) the defaults are all generated from the same line, so they cannot drift apart.  Values
+ * follow the systems named in each comment.  Python gets these through fastct._engine (never
+ * restated in Python). */
+#ifndef FASTCT_CT_DEFS_H
+#define FASTCT_CT_DEFS_H
+#include <stdint.h>
+
+/* Open vSwitch ct_state bits (OVS_CS_F_*), as printed by ovs-ofctl: X(enum, value, name). */
+#define FASTCT_CT_STATE_BITS(X) \
+    X(CS_NEW, 0x01, "new") \
+    X(CS_EST, 0x02, "est") \
+    X(CS_REL, 0x04, "rel") \
+    X(CS_RPL, 0x08, "rpl") \
+    X(CS_INV, 0x10, "inv") \
+    X(CS_TRK, 0x20, "trk") \
+    X(CS_SNAT, 0x40, "snat") \
+    X(CS_DNAT, 0x80, "dnat")
+
+/* Linux conntrack status bits (enum ip_conntrack_status, IPS_*_BIT) that fastct uses. */
+#define FASTCT_STATUS_BITS(X) \
+    X(IPS_EXPECTED, 0x0001, "EXPECTED") \
+    X(IPS_SEEN_REPLY, 0x0002, "SEEN_REPLY") \
+    X(IPS_ASSURED, 0x0004, "ASSURED") \
+    X(IPS_CONFIRMED, 0x0008, "CONFIRMED") \
+    X(IPS_SRC_NAT, 0x0010, "SRC_NAT") \
+    X(IPS_DST_NAT, 0x0020, "DST_NAT") \
+    X(IPS_SEQ_ADJUST, 0x0040, "SEQ_ADJUST") \
+    X(IPS_SRC_NAT_DONE, 0x0080, "SRC_NAT_DONE") \
+    X(IPS_DST_NAT_DONE, 0x0100, "DST_NAT_DONE") \
+    X(IPS_DYING, 0x0200, "DYING") \
+    X(IPS_FIXED_TIMEOUT, 0x0400, "FIXED_TIMEOUT") \
+    X(IPS_TEMPLATE, 0x0800, "TEMPLATE") \
+    X(IPS_UNTRACKED, 0x1000, "UNTRACKED") \
+    X(IPS_HELPER, 0x2000, "HELPER") \
+    X(IPS_OFFLOAD, 0x4000, "OFFLOAD") \
+    X(IPS_HW_OFFLOAD, 0x8000, "HW_OFFLOAD")
+
+/* TCP conntrack states in the kernel's order (enum tcp_conntrack) and the names conntrack prints.
+ * SYN_SENT2 is the kernel's TCP_CONNTRACK_LISTEN slot, used for simultaneous open. */
+#define FASTCT_TCP_STATES(X) \
+    X(TCP_NONE, "NONE") \
+    X(TCP_SYN_SENT, "SYN_SENT") \
+    X(TCP_SYN_RECV, "SYN_RECV") \
+    X(TCP_ESTABLISHED, "ESTABLISHED") \
+    X(TCP_FIN_WAIT, "FIN_WAIT") \
+    X(TCP_CLOSE_WAIT, "CLOSE_WAIT") \
+    X(TCP_LAST_ACK, "LAST_ACK") \
+    X(TCP_TIME_WAIT, "TIME_WAIT") \
+    X(TCP_CLOSE, "CLOSE") \
+    X(TCP_SYN_SENT2, "SYN_SENT2")
+
+/* Timeouts, named as the kernel's sysctls without the "nf_conntrack_" prefix, with the Linux
+ * defaults in seconds.  The TCP ones are in TCP state order so that TO_TCP_NONE + state indexes them. */
+#define FASTCT_TIMEOUTS(X) \
+    X(TO_TCP_NONE, "tcp_timeout_none", 0) \
+    X(TO_TCP_SYN_SENT, "tcp_timeout_syn_sent", 120) \
+    X(TO_TCP_SYN_RECV, "tcp_timeout_syn_recv", 60) \
+    X(TO_TCP_ESTABLISHED, "tcp_timeout_established", 432000) \
+    X(TO_TCP_FIN_WAIT, "tcp_timeout_fin_wait", 120) \
+    X(TO_TCP_CLOSE_WAIT, "tcp_timeout_close_wait", 60) \
+    X(TO_TCP_LAST_ACK, "tcp_timeout_last_ack", 30) \
+    X(TO_TCP_TIME_WAIT, "tcp_timeout_time_wait", 120) \
+    X(TO_TCP_CLOSE, "tcp_timeout_close", 10) \
+    X(TO_TCP_SYN_SENT2, "tcp_timeout_syn_sent2", 120) \
+    X(TO_TCP_MAX_RETRANS, "tcp_timeout_max_retrans", 300) \
+    X(TO_TCP_UNACK, "tcp_timeout_unacknowledged", 300) \
+    X(TO_UDP, "udp_timeout", 30) \
+    X(TO_UDP_STREAM, "udp_timeout_stream", 120) \
+    X(TO_ICMP, "icmp_timeout", 30) \
+    X(TO_ICMPV6, "icmpv6_timeout", 30) \
+    X(TO_GENERIC, "generic_timeout", 600)
+
+/* Why a packet got ct_state inv (or was not tracked): one counter each, reported by `--stats`. */
+#define FASTCT_REASONS(X) \
+    X(R_VALID, "ok") \
+    X(R_L2_TRUNCATED, "link header truncated") \
+    X(R_VLAN_TRUNCATED, "VLAN tag truncated") \
+    X(R_IP_TRUNCATED, "IP header truncated") \
+    X(R_IP_BAD_VERSION, "IP version does not match the link type") \
+    X(R_IP_BAD_HLEN, "IPv4 header length < 20") \
+    X(R_IP_BAD_LEN, "IP total length shorter than its header or longer than the frame") \
+    X(R_IP6_EXT_TRUNCATED, "IPv6 extension header truncated") \
+    X(R_IP6_EXT_TOO_MANY, "IPv6 extension header chain too long") \
+    X(R_L4_TRUNCATED, "transport header truncated") \
+    X(R_UDP_BAD_LEN, "UDP length field shorter than its header or past the packet") \
+    X(R_TCP_BAD_DOFF, "TCP data offset < 5 or past the packet") \
+    X(R_TCP_BAD_FLAGS, "TCP flag combination invalid") \
+    X(R_TCP_INVALID_STATE, "TCP packet invalid in this state") \
+    X(R_TCP_SEQ_OVER, "TCP SEQ is over the upper bound") \
+    X(R_TCP_SEQ_UNDER, "TCP SEQ is under the lower bound") \
+    X(R_TCP_ACK_OVER, "TCP ACK is over the upper bound") \
+    X(R_TCP_ACK_UNDER, "TCP ACK is under the lower bound") \
+    X(R_TCP_NO_NEW, "TCP packet cannot start a connection") \
+    X(R_ICMP_NO_NEW, "ICMP type cannot start a connection") \
+    X(R_ICMP_ERROR, "ICMP error (related tracking not implemented yet)") \
+    X(R_FRAGMENT, "IP fragment (reassembly not implemented yet)") \
+    X(R_TABLE_FULL, "table full, packet dropped") \
+    X(R_CHAIN_TOO_LONG, "probe chain too long, packet dropped") \
+    X(R_TIME_BACKWARDS, "timestamp older than the newest seen")
+
+/* The kernel's `conntrack -S` counters first (same names, same order), then fastct's own. */
+#define FASTCT_STATS(X) \
+    X(ST_FOUND, "found") \
+    X(ST_INVALID, "invalid") \
+    X(ST_INSERT, "insert") \
+    X(ST_INSERT_FAILED, "insert_failed") \
+    X(ST_DROP, "drop") \
+    X(ST_EARLY_DROP, "early_drop") \
+    X(ST_ERROR, "error") \
+    X(ST_SEARCH_RESTART, "search_restart") \
+    X(ST_CLASH_RESOLVE, "clash_resolve") \
+    X(ST_CHAINTOOLONG, "chaintoolong") \
+    X(ST_PACKETS, "packets") \
+    X(ST_UNTRACKED, "untracked") \
+    X(ST_NON_IP, "non_ip") \
+    X(ST_LINKTYPE_SKIPPED, "linktype_skipped") \
+    X(ST_TIME_BACKWARDS, "time_backwards") \
+    X(ST_EXPIRED, "expired") \
+    X(ST_PROBES, "probes") \
+    X(ST_PROBE_MAX, "probe_max") \
+    X(ST_GROWS, "grows")
+
+#define FASTCT_ENUM_VAL(name, value, str) name = value,
+#define FASTCT_ENUM_SEQ(name, ...) name,
+enum fastct_ct_state_bit { FASTCT_CT_STATE_BITS(FASTCT_ENUM_VAL) };
+enum fastct_status_bit { FASTCT_STATUS_BITS(FASTCT_ENUM_VAL) };
+enum fastct_tcp_state { FASTCT_TCP_STATES(FASTCT_ENUM_SEQ) TCP_N_STATES };
+enum fastct_timeout { FASTCT_TIMEOUTS(FASTCT_ENUM_SEQ) TO_N };
+enum fastct_reason { FASTCT_REASONS(FASTCT_ENUM_SEQ) R_N };
+enum fastct_stat { FASTCT_STATS(FASTCT_ENUM_SEQ) ST_N };
+
+#define FASTCT_NAME_2(name, str) str,
+#define FASTCT_NAME_3(name, value, str) str,
+#define FASTCT_VALUE_3(name, value, str) value,
+static const char *const fastct_ct_state_names[] = { FASTCT_CT_STATE_BITS(FASTCT_NAME_3) };
+static const int fastct_ct_state_values[] = { FASTCT_CT_STATE_BITS(FASTCT_VALUE_3) };
+static const char *const fastct_status_names[] = { FASTCT_STATUS_BITS(FASTCT_NAME_3) };
+static const int fastct_status_values[] = { FASTCT_STATUS_BITS(FASTCT_VALUE_3) };
+static const char *const fastct_tcp_state_names[] = { FASTCT_TCP_STATES(FASTCT_NAME_2) };
+#define FASTCT_TO_NAME(name, str, secs) str,
+#define FASTCT_TO_SECS(name, str, secs) secs,
+static const char *const fastct_timeout_names[] = { FASTCT_TIMEOUTS(FASTCT_TO_NAME) };
+static const int64_t fastct_timeout_defaults[] = { FASTCT_TIMEOUTS(FASTCT_TO_SECS) };
+#define FASTCT_NAME_REASON(name, str) str,
+static const char *const fastct_reason_names[] = { FASTCT_REASONS(FASTCT_NAME_REASON) };
+static const char *const fastct_stat_names[] = { FASTCT_STATS(FASTCT_NAME_2) };
+#define FASTCT_N_CT_STATE_BITS 8
+#define FASTCT_N_STATUS_BITS 16
+#endif

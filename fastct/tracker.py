@@ -1,0 +1,303 @@
+"""The Python face of the engine: configuration, the batch call, and state queries.
+
+Nothing here loops over packets: `process` hands the whole batch to the nogil loop in _engine.
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import MutableMapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from fastct import _engine
+from fastct.batch import Batch
+
+_NAMES = _engine.names()
+CT_STATE_BITS: dict[str, int] = dict(_NAMES["ct_state"])
+STATUS_BITS: dict[str, int] = dict(_NAMES["status"])
+TCP_STATES: list[str] = _NAMES["tcp_states"]
+TIMEOUT_DEFAULTS: dict[str, int] = dict(_NAMES["timeouts"])
+REASONS: list[str] = _NAMES["reasons"]
+STAT_NAMES: list[str] = _NAMES["stats"]
+ENTRY_DTYPE = _engine.ENTRY_DTYPE
+COLD_DTYPE = _engine.COLD_DTYPE
+
+AF_INET, AF_INET6 = 2, 10
+PROTOCOLS = {"icmp": 1, "tcp": 6, "udp": 17, "dccp": 33, "gre": 47, "icmpv6": 58, "sctp": 132,
+             "udplite": 136}
+PORT_PROTOCOLS = {6, 17, 132, 136}
+ICMP_PROTOCOLS = {1, 58}
+DEFAULT_MAX_CONNS = 262144     # nf_conntrack_max on this kernel (64-bit, > 4 GiB)
+MAX_MAX_CONNS = 2**31 - 1
+
+
+def ct_state_names(value: int) -> list[str]:
+    """OVS-style names of the bits set in a ct_state value, e.g. ['new', 'trk']."""
+    return [name for name, bit in CT_STATE_BITS.items() if value & bit]
+
+
+def status_names(value: int) -> list[str]:
+    return [name for name, bit in STATUS_BITS.items() if value & bit]
+
+
+@dataclass
+class Result:
+    """Per-packet outputs of one batch."""
+    ct_state: np.ndarray     # uint8, OVS ct_state bits (0: untracked / not IP / link type skipped)
+    entry: np.ndarray        # int32, entry index (valid until the next mutating call), -1 none
+    direction: np.ndarray    # uint8, 0 original, 1 reply
+
+
+class Timeouts(MutableMapping):
+    """The kernel's timeout sysctls by name (with or without the nf_conntrack_ prefix), in seconds."""
+
+    def __init__(self, engine):
+        self._engine = engine
+        self._index = {name: i for i, name in enumerate(TIMEOUT_DEFAULTS)}
+
+    def _key(self, name):
+        key = name[len("nf_conntrack_"):] if name.startswith("nf_conntrack_") else name
+        if key not in self._index:
+            raise KeyError(f"unknown timeout {name!r}; known: {', '.join(self._index)}")
+        return key
+
+    def __getitem__(self, name):
+        return self._engine.get_timeout(self._index[self._key(name)]) / 1e9
+
+    def __setitem__(self, name, seconds):
+        key = self._key(name)
+        try:
+            value = float(seconds)
+        except (TypeError, ValueError):
+            raise ValueError(f"timeout {name!r} must be a number of seconds, not {seconds!r}") from None
+        if not 0 <= value <= 2**31:
+            raise ValueError(f"timeout {name!r} must be between 0 and 2^31 seconds, not {seconds!r}")
+        self._engine.set_timeout(self._index[key], int(round(value * 1e9)))
+
+    def __delitem__(self, name):
+        raise TypeError("timeouts cannot be deleted; set them instead")
+
+    def __iter__(self):
+        return iter(self._index)
+
+    def __len__(self):
+        return len(self._index)
+
+    def __repr__(self):
+        return "Timeouts({" + ", ".join(f"{k!r}: {self[k]:g}" for k in self) + "})"
+
+
+def _addr_words(addr: str):
+    """(family, k0, k1) for an address string in the entry layout (IPv4 in bytes 0-3)."""
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        raise ValueError(f"not an IP address: {addr!r}") from None
+    raw = ip.packed + bytes(16 - len(ip.packed))
+    return (AF_INET if ip.version == 4 else AF_INET6,
+            int.from_bytes(raw[:8], "little"), int.from_bytes(raw[8:], "little"))
+
+
+def _proto_number(proto) -> int:
+    if isinstance(proto, str):
+        if proto.lower() not in PROTOCOLS:
+            raise ValueError(f"unknown protocol {proto!r}; use a number or one of {sorted(PROTOCOLS)}")
+        return PROTOCOLS[proto.lower()]
+    if not 0 <= int(proto) <= 255:
+        raise ValueError(f"protocol number must be 0..255, not {proto}")
+    return int(proto)
+
+
+def format_addr(raw: np.ndarray, l3: int) -> str:
+    b = bytes(raw)
+    return str(ipaddress.IPv4Address(b[:4])) if l3 == AF_INET else str(ipaddress.IPv6Address(b))
+
+
+class Tracker:
+    """A connection table.
+
+    >>> t = Tracker(max_conns=1_000_000, seed=1)
+    >>> res = t.process(batch)                 # ct_state per packet
+    >>> t.lookup("192.168.0.2", "10.0.0.2", "tcp", 1024, 2048)
+    """
+
+    def __init__(self, max_conns: int = DEFAULT_MAX_CONNS, seed: int | None = None,
+                 timeouts: dict | None = None, tcp_loose: bool = True, tcp_be_liberal: bool = False,
+                 tcp_max_retrans: int = 3):
+        if isinstance(max_conns, bool) or not isinstance(max_conns, (int, np.integer)):
+            raise ValueError(f"max_conns must be an integer, not {max_conns!r}")
+        if not 1 <= max_conns <= MAX_MAX_CONNS:
+            raise ValueError(f"max_conns must be between 1 and {MAX_MAX_CONNS}, not {max_conns}")
+        need = int(max_conns) * (ENTRY_DTYPE.itemsize + COLD_DTYPE.itemsize)
+        mem = _physical_memory()
+        if mem and need > mem:
+            raise ValueError(f"max_conns={max_conns} needs {need / 2**30:.1f} GiB for its entries, "
+                             f"more than this machine's {mem / 2**30:.1f} GiB of memory")
+        if seed is not None and (not isinstance(seed, (int, np.integer)) or seed < 0):
+            raise ValueError(f"seed must be a non-negative integer or None, not {seed!r}")
+        try:
+            self._engine = _engine.Engine(int(max_conns), seed)
+        except MemoryError:
+            raise ValueError(f"cannot allocate a table for max_conns={max_conns}") from None
+        self._engine.set_tcp(loose=tcp_loose, be_liberal=tcp_be_liberal, max_retrans=tcp_max_retrans)
+        self.timeouts = Timeouts(self._engine)
+        for name, value in (timeouts or {}).items():
+            self.timeouts[name] = value
+        self.linktype_skipped = np.zeros(65536, dtype=np.uint64)
+
+    # ---- the batch ------------------------------------------------------------------------
+    def process(self, batch: Batch, zone: int = 0, commit: bool = True, zone_from_vlan: bool = False,
+                out: Result | None = None) -> Result:
+        """Track every packet of `batch`; returns (or fills `out` with) ct_state, entry, direction."""
+        if not isinstance(batch, Batch):
+            raise TypeError("process() takes a fastct.Batch")
+        n = len(batch)
+        if out is None:
+            out = Result(np.empty(n, dtype=np.uint8), np.empty(n, dtype=np.int32),
+                         np.empty(n, dtype=np.uint8))
+        self._engine.process(
+            _c(batch.buf, np.uint8), _c(batch.offsets, np.int64), _c(batch.caplen, np.uint32),
+            _c(batch.wirelen, np.uint32), _c(batch.ts, np.int64), _c(batch.iface, np.uint16),
+            _c(batch.if_linktype, np.uint32), _c(batch.if_fcslen, np.uint32),
+            out.ct_state, out.entry, out.direction, self.linktype_skipped,
+            zone=zone, zone_from_vlan=zone_from_vlan, commit=commit)
+        return out
+
+    # ---- queries --------------------------------------------------------------------------
+    @property
+    def now(self) -> int:
+        """Newest packet time seen, ns."""
+        return self._engine.now
+
+    def expire(self, now: int | None = None) -> int:
+        """Delete the entries dead at `now` (default: the newest packet time); returns how many."""
+        return self._engine.expire(self._engine.now if now is None else int(now))
+
+    def __len__(self) -> int:
+        self.expire()
+        return self._engine.count
+
+    def entries(self, proto=None, state=None, status=None, zone=None, src=None, dst=None,
+                sport=None, dport=None, addr=None, port=None) -> np.ndarray:
+        """Live entries as a structured array (ENTRY_DTYPE).  Unfiltered, a zero-copy view valid
+        until the next call that changes the table; filters (all must hold) return a copy.
+        `state` is a TCP state name, `status` a status bit name or value that must be set,
+        `addr`/`port` match either end of the original tuple."""
+        self.expire()
+        view = self._engine.entries_view()
+        if all(v is None for v in (proto, state, status, zone, src, dst, sport, dport, addr, port)):
+            return view
+        mask = np.ones(len(view), dtype=bool)
+        if proto is not None:
+            mask &= view["proto"] == _proto_number(proto)
+        if state is not None:
+            if state not in TCP_STATES:
+                raise ValueError(f"unknown state {state!r}; known: {TCP_STATES}")
+            mask &= (view["proto"] == 6) & (view["state"] == TCP_STATES.index(state))
+        if status is not None:
+            bit = STATUS_BITS[status] if isinstance(status, str) else int(status)
+            mask &= (view["status"] & bit) == bit
+        if zone is not None:
+            mask &= view["zone"] == zone
+        for field, value in (("src", src), ("dst", dst)):
+            if value is not None:
+                mask &= _addr_mask(view, field, value)
+        if addr is not None:
+            mask &= _addr_mask(view, "src", addr) | _addr_mask(view, "dst", addr)
+        if sport is not None:
+            mask &= view["sport"] == sport
+        if dport is not None:
+            mask &= view["dport"] == dport
+        if port is not None:
+            mask &= (view["sport"] == port) | (view["dport"] == port)
+        return view[mask]
+
+    def cold(self) -> np.ndarray:
+        """Cold per-entry data (start time, TCP bookkeeping), parallel to entries()."""
+        self.expire()
+        return self._engine.cold_view()
+
+    def lookup(self, src, dst, proto, sport: int = 0, dport: int = 0, zone: int = 0,
+               icmp_type: int | None = None, icmp_code: int = 0) -> dict | None:
+        """The connection with this tuple, looked up from either direction, or None.
+        For ICMP/ICMPv6 `sport` is the echo id and `icmp_type` defaults to echo request."""
+        p = _proto_number(proto)
+        fam, s0, s1 = _addr_words(src)
+        fam2, d0, d1 = _addr_words(dst)
+        if fam != fam2:
+            raise ValueError("src and dst must be of the same address family")
+        if not (0 <= sport <= 0xFFFF and 0 <= dport <= 0xFFFF and 0 <= zone <= 0xFFFF):
+            raise ValueError("ports and zone must be in 0..65535")
+        if p in ICMP_PROTOCOLS:
+            t = icmp_type if icmp_type is not None else (8 if p == 1 else 128)
+            dport = (t << 8) | icmp_code
+        elif p not in PORT_PROTOCOLS:
+            sport = dport = 0
+        k4 = sport | (dport << 16) | (zone << 32) | (fam << 48) | (p << 56)
+        idx, direction = self._engine.lookup_key(s0, s1, d0, d1, k4)
+        if idx < 0:
+            return None
+        return self.record(idx, direction)
+
+    def record(self, idx: int, direction: int = 0) -> dict:
+        """One entry as a dict: its fields plus decoded names."""
+        e = self._engine.entries_view()[idx]
+        c = self._engine.cold_view()[idx]
+        rec = {name: (e[name].tolist() if e[name].ndim else e[name].item()) for name in ENTRY_DTYPE.names}
+        rec["src"] = format_addr(e["src"], int(e["l3"]))
+        rec["dst"] = format_addr(e["dst"], int(e["l3"]))
+        rec["index"] = int(idx)
+        rec["direction"] = "reply" if direction else "original"
+        rec["start"] = int(c["start"])
+        rec["state_name"] = TCP_STATES[e["state"]] if e["proto"] == 6 else None
+        rec["status_names"] = status_names(int(e["status"]))
+        rec["timeout"] = max(0, (int(e["expires"]) - self.now) // 1_000_000_000)
+        return rec
+
+    def stats(self) -> dict:
+        """The kernel's conntrack -S counters and fastct's own, plus per-reason invalid counts."""
+        values = self._engine.stats_array()
+        out = {name: int(v) for name, v in zip(STAT_NAMES, values)}
+        out["entries"] = self._engine.count
+        reasons = self._engine.reasons_array()
+        out["reasons"] = {REASONS[i]: int(v) for i, v in enumerate(reasons) if v and i}
+        out["linktypes_skipped"] = {int(i): int(self.linktype_skipped[i])
+                                    for i in np.nonzero(self.linktype_skipped)[0]}
+        return out
+
+    def memory_bytes(self) -> int:
+        return self._engine.memory_bytes()
+
+
+def _addr_mask(view, field, value):
+    net = ipaddress.ip_network(value, strict=False)
+    raw = np.frombuffer(net.network_address.packed + bytes(16 - len(net.network_address.packed)),
+                        dtype=np.uint8)
+    fam = AF_INET if net.version == 4 else AF_INET6
+    nbits = net.prefixlen
+    full, rest = divmod(nbits, 8)
+    col = view[field]
+    mask = view["l3"] == fam
+    if full:
+        mask &= np.all(col[:, :full] == raw[:full], axis=1)
+    if rest:
+        m = (0xFF << (8 - rest)) & 0xFF
+        mask &= (col[:, full] & m) == (raw[full] & m)
+    return mask
+
+
+def _c(arr, dtype):
+    """The array as a C-contiguous array of `dtype` (no copy when it already is one)."""
+    a = np.asarray(arr)
+    if a.dtype != dtype or not a.flags.c_contiguous:
+        a = np.ascontiguousarray(a, dtype=dtype)
+    return a
+
+
+def _physical_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0

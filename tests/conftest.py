@@ -1,0 +1,18 @@
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+PCAPS = REPO / "pcaps"
+SHARED = Path(os.environ.get("FASTCT_SHARED", REPO.parent / "shared"))
+
+
+def shared_dir(sub: str) -> Path:
+    """A folder of ../shared; skipped (with a reason) only outside CI when it is absent."""
+    path = SHARED / sub
+    if not path.is_dir():
+        if os.environ.get("CI"):
+            pytest.fail(f"{path} is missing, and CI must have ../shared")
+        pytest.skip(f"{path} is not present on this machine (it is in CI)")
+    return path
