@@ -7,6 +7,10 @@ REPO = Path(__file__).resolve().parent.parent
 PCAPS = REPO / "pcaps"
 SHARED = Path(os.environ.get("FASTCT_SHARED", REPO.parent / "shared"))
 
+# `python -m fastct.cli` run from the checkout must import the installed fastct (with its compiled
+# extensions), not the source folder in the current directory: Python 3.11+ skips the cwd with this.
+os.environ["PYTHONSAFEPATH"] = "1"
+
 
 def shared_dir(sub: str) -> Path:
     """A folder of ../shared; skipped (with a reason) only outside CI when it is absent."""
