@@ -312,14 +312,12 @@ def file1():
 
 
 def file2():
-    # Packets 1-2 of file 1, then a client ACK seq=101 ack=102 (an ACK number
-    # that does not match the server's SYN/ACK: the expected ack is 201).
-    # NOTE: with nf_conntrack's window arithmetic ack=102 is *below* the
-    # server's td_end (201), inside MAXACKWINDOW (66000), so Linux would NOT
-    # log "ACK is over upper bound" for it; that check fires for
-    # ack >= td_end + 1 = 202.  See README.md.
-    pkts = tcp_basic(FLOW1)[:2]
-    pkts.append(tcp_pkt(FLOW1, "orig", ACK, 101, 102, ident=0x1003))
+    # The handshake of file 1, then the server's FIN/ACK acking 102 before the client's FIN was
+    # seen: the client has sent nothing past seq 101, so the Linux kernel finds the ACK "over the
+    # upper bound" (ACKed data not seen yet) and marks the packet invalid, where Open vSwitch's
+    # userspace conntrack accepts it.
+    pkts = tcp_basic(FLOW1)[:3]
+    pkts.append(tcp_pkt(FLOW1, "reply", FIN | ACK, 201, 102, ident=0x2004))
     return stamp(pkts)
 
 
@@ -919,18 +917,12 @@ FILE_NOTES = {
         "client ACK.  All packets have IP len 40; orig 4 pkts / 160 bytes, "
         "reply 2 pkts / 80 bytes.",
     "tcp_ovs_variant_ack102.pcap":
-        "File 2.  Packets 1-2 of file 1, then a client ACK with seq 101 and "
-        "**ack 102** instead of the correct 201.\n\n"
-        "Note on the expected verdict: ack 102 is *below* what the server has "
-        "sent (server td_end = 201), not above it.  nf_conntrack's "
-        "`tcp_in_window()` reports \"ACK is over upper bound\" only when "
-        "`!before(ack, receiver->td_end + 1)`, i.e. ack >= 202 here.  The lower "
-        "check is `after(ack, td_end - MAXACKWINDOW(sender) - 1)` with "
-        "MAXACKWINDOW = max(sender td_maxwin = 65535, 66000) = 66000, which "
-        "102 passes.  By this arithmetic the Linux kernel accepts packet 3 as in-window and "
-        "moves SYN_RECV -> ESTABLISHED; it does **not** log \"ACK is over upper "
-        "bound\" for this file.  A capture that should trigger that message "
-        "needs ack >= 202 on packet 3.",
+        "File 2.  The handshake of file 1 (SYN, SYN/ACK, ACK), then the server's "
+        "FIN/ACK with seq 201 and **ack 102** before the client's FIN was seen.  "
+        "The client has sent nothing past seq 101 (its td_end is 101), so the "
+        "Linux kernel's window check finds the ACK over the upper bound "
+        "(ack >= td_end + 1 = 102: ACKed data not seen yet) and marks the packet "
+        "invalid; Open vSwitch's userspace conntrack accepts it.",
     "tcp_data_transfer.pcap":
         "File 3.  IPv4 TCP 192.168.0.2:40000 -> 10.0.0.2:80.  SYN and SYN/ACK "
         "carry options MSS 1460, NOP, WS 7 (8 bytes, TCP header 28 bytes); "
