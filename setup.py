@@ -23,7 +23,7 @@ directives = {
     "embedsignature": True,
 }
 macros = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
-cflags = os.environ.get("FASTCT_OPT_CFLAGS", "-O3").split()
+cflags = os.environ.get("FASTCT_OPT_CFLAGS", "-O3 -g").split()
 if DEBUG:
     directives["linetrace"] = True
     macros += [("CYTHON_TRACE_NOGIL", "1"), ("FASTCT_DEBUG", "1")]

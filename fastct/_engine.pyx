@@ -15,7 +15,7 @@ cimport numpy as cnp
 from fastct._types cimport *
 from fastct._parse cimport parse_frame, tuple_reverse_k4, link_type_handled
 from fastct._flowkey cimport meta_hash, key_store
-from fastct._table cimport table_find, slot_insert, sweep_expired, slots_rehash, entry_remove
+from fastct._table cimport table_find, slot_insert, sweep_expired, sweep_all, slots_rehash
 from fastct._verdict cimport V_ACCEPT, V_INVALID, V_REOPEN
 from fastct._proto cimport proto_new, proto_packet
 
@@ -198,8 +198,7 @@ cdef class Engine:
         """Delete every entry dead at time `now` (a full sweep)."""
         cdef uint32_t removed
         with nogil:
-            self.t.sweep_pos = 0
-            removed = sweep_expired(&self.t, now, self.t.n + 1)
+            removed = sweep_all(&self.t, now)
         return removed
 
     def memory_bytes(self):

@@ -158,12 +158,8 @@ cdef inline void parse_l4(const uint8_t *p, uint32_t l4, uint32_t l4len, uint32_
                 return
         sport = fastct_be16(p + l4 + 4)          # echo id
         dport = <uint16_t>(t << 8 | p[l4 + 1])  # type << 8 | code
-    elif proto == IP_PROTO_DCCP:
-        if l4len < 12 or l4cap < 12:
-            _bad(m, R_L4_TRUNCATED); return
-    elif proto == IP_PROTO_GRE:
-        if l4len < 4 or l4cap < 4:
-            _bad(m, R_L4_TRUNCATED); return
+    # DCCP (no tracker in the 6.18 kernel), GRE (its tracker falls back to generic when the header
+    # cannot be read) and every other protocol: generic, no transport header read.
     m.k[4] = <uint64_t>sport | (<uint64_t>dport << 16) | (<uint64_t>proto << 56)
 
 cdef inline void parse_ipv4(const uint8_t *p, uint32_t off, uint32_t cap, uint32_t wire,
@@ -235,6 +231,9 @@ cdef inline void parse_ipv6(const uint8_t *p, uint32_t off, uint32_t cap, uint32
         pos += hlen
         if pos > end:
             _bad(m, R_IP6_EXT_TRUNCATED); return
+    if nh == 59:
+        # The kernel finds no transport protocol (ipv6_skip_exthdr fails): invalid, not tracked.
+        _bad(m, R_IP6_NO_NEXT); return
     if pos > capend:
         _bad(m, R_L4_TRUNCATED); return
     parse_l4(p, pos, end - pos, capend - pos, nh, m)

@@ -93,6 +93,8 @@ cdef inline void entry_remove(ct_table *t, uint32_t idx) noexcept nogil:
 cdef inline uint32_t sweep_expired(ct_table *t, int64_t now, uint32_t budget) noexcept nogil:
     """Incremental expiry: look at up to `budget` entries from the cursor, deleting dead ones."""
     cdef uint32_t removed = 0
+    if budget > t.n:
+        budget = t.n        # one pass over a small table is enough
     while budget > 0 and t.n > 0:
         budget -= 1
         if t.sweep_pos >= t.n:
@@ -102,6 +104,19 @@ cdef inline uint32_t sweep_expired(ct_table *t, int64_t now, uint32_t budget) no
             removed += 1
         else:
             t.sweep_pos += 1
+    t.stats[ST_EXPIRED] += removed
+    return removed
+
+cdef inline uint32_t sweep_all(ct_table *t, int64_t now) noexcept nogil:
+    """Delete every entry dead at `now`."""
+    cdef uint32_t i = 0, removed = 0
+    while i < t.n:
+        if t.e[i].expires <= now:
+            entry_remove(t, i)
+            removed += 1
+        else:
+            i += 1
+    t.sweep_pos = 0
     t.stats[ST_EXPIRED] += removed
     return removed
 

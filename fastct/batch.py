@@ -23,6 +23,21 @@ class Batch:
     if_linktype: np.ndarray  # uint32 per interface: LINKTYPE_* value
     if_fcslen: np.ndarray    # uint32 per interface: FCS bytes at the end of each frame
 
+    def __post_init__(self):
+        # Checked and converted once here, so the per-batch call into the engine does no work on them.
+        for name, dtype in _FIELDS:
+            value = getattr(self, name)
+            if not (isinstance(value, np.ndarray) and value.dtype == dtype and value.ndim == 1
+                    and value.flags.c_contiguous):
+                value = np.ascontiguousarray(value, dtype=dtype).reshape(-1)
+                object.__setattr__(self, name, value)
+        n = len(self.offsets)
+        for name in ("caplen", "wirelen", "ts", "iface"):
+            if len(getattr(self, name)) != n:
+                raise ValueError(f"Batch.{name} has {len(getattr(self, name))} items, offsets has {n}")
+        if len(self.if_fcslen) != len(self.if_linktype):
+            raise ValueError("Batch.if_fcslen and if_linktype must have one item per interface")
+
     def __len__(self) -> int:
         return len(self.offsets)
 
@@ -52,6 +67,14 @@ class Batch:
         return cls(buf, offsets, lens, wl, ts_ns, ifc, lt, np.zeros(len(lt), dtype=np.uint32))
 
     def slice(self, start: int, stop: int) -> "Batch":
-        return Batch(self.buf, self.offsets[start:stop], self.caplen[start:stop],
-                     self.wirelen[start:stop], self.ts[start:stop], self.iface[start:stop],
-                     self.if_linktype, self.if_fcslen)
+        """Packets start..stop-1 (views, no copy, no re-validation)."""
+        b = object.__new__(Batch)
+        b.__dict__.update(buf=self.buf, offsets=self.offsets[start:stop], caplen=self.caplen[start:stop],
+                          wirelen=self.wirelen[start:stop], ts=self.ts[start:stop],
+                          iface=self.iface[start:stop], if_linktype=self.if_linktype,
+                          if_fcslen=self.if_fcslen)
+        return b
+
+
+_FIELDS = (("buf", np.uint8), ("offsets", np.int64), ("caplen", np.uint32), ("wirelen", np.uint32),
+           ("ts", np.int64), ("iface", np.uint16), ("if_linktype", np.uint32), ("if_fcslen", np.uint32))

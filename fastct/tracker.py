@@ -158,10 +158,9 @@ class Tracker:
             out = Result(np.empty(n, dtype=np.uint8), np.empty(n, dtype=np.int32),
                          np.empty(n, dtype=np.uint8))
         self._engine.process(
-            _c(batch.buf, np.uint8), _c(batch.offsets, np.int64), _c(batch.caplen, np.uint32),
-            _c(batch.wirelen, np.uint32), _c(batch.ts, np.int64), _c(batch.iface, np.uint16),
-            _c(batch.if_linktype, np.uint32), _c(batch.if_fcslen, np.uint32),
-            out.ct_state, out.entry, out.direction, self.linktype_skipped,
+            batch.buf, batch.offsets, batch.caplen, batch.wirelen, batch.ts, batch.iface,
+            batch.if_linktype, batch.if_fcslen, out.ct_state, out.entry, out.direction,
+            self.linktype_skipped,
             zone=zone, zone_from_vlan=zone_from_vlan, commit=commit)
         return out
 
@@ -286,14 +285,6 @@ def _addr_mask(view, field, value):
         m = (0xFF << (8 - rest)) & 0xFF
         mask &= (col[:, full] & m) == (raw[full] & m)
     return mask
-
-
-def _c(arr, dtype):
-    """The array as a C-contiguous array of `dtype` (no copy when it already is one)."""
-    a = np.asarray(arr)
-    if a.dtype != dtype or not a.flags.c_contiguous:
-        a = np.ascontiguousarray(a, dtype=dtype)
-    return a
 
 
 def _physical_memory() -> int:

@@ -84,6 +84,7 @@
     X(R_IP_BAD_LEN, "IP total length shorter than its header or longer than the frame") \
     X(R_IP6_EXT_TRUNCATED, "IPv6 extension header truncated") \
     X(R_IP6_EXT_TOO_MANY, "IPv6 extension header chain too long") \
+    X(R_IP6_NO_NEXT, "IPv6 no next header (59): no transport protocol") \
     X(R_L4_TRUNCATED, "transport header truncated") \
     X(R_UDP_BAD_LEN, "UDP length field shorter than its header or past the packet") \
     X(R_TCP_BAD_DOFF, "TCP data offset < 5 or past the packet") \
