@@ -15,7 +15,7 @@ cimport numpy as cnp
 from fastct._types cimport *
 from fastct._parse cimport parse_frame, tuple_reverse_k4, link_type_handled
 from fastct._flowkey cimport meta_hash, key_store
-from fastct._table cimport table_find, slot_insert, sweep_expired, sweep_all, slots_rehash
+from fastct._table cimport table_find, slot_insert, sweep_expired, sweep_all, slots_rehash, reclaim_dead, entry_forget
 from fastct._verdict cimport V_ACCEPT, V_INVALID, V_REOPEN
 from fastct._proto cimport proto_new, proto_packet
 
@@ -24,7 +24,7 @@ cnp.import_array()
 cdef enum:
     SUB = 64                  # packets per stage pass
     HDR_PREFETCH = 16         # how far ahead packet headers are prefetched
-    MAX_PROBE = 128           # probe length bound
+    MAX_PROBE = 512           # probe length bound (an insert that would go further is dropped)
     MIN_SLOTS = 1024
 
 cdef ct_entry _entry_proto
@@ -96,6 +96,8 @@ cdef class Engine:
     cdef object _cold_raw
     cdef object _slots
     cdef pkt_meta _meta[SUB]
+    cdef ct_entry _spare_e           # a new connection is built here while the table is full
+    cdef ct_cold _spare_c
     cdef readonly uint32_t max_conns
     cdef readonly object seed
     cdef readonly int64_t worst_grow_ns
@@ -132,8 +134,9 @@ cdef class Engine:
         self._slots = slots
         self.t.slots = <uint64_t *><size_t>slots.ctypes.data
         self.t.mask = len(slots) - 1
-        # Grow at load 0.7; a table already holding max_conns never needs to.
-        self.t.grow_at = <uint32_t>min(<uint64_t>(len(slots) * 7 // 10), <uint64_t>0xFFFFFFFF)
+        # Grow at load 5/8: linear probing's longest chains stay far below MAX_PROBE there (at 0.7
+        # they reached 125 with 600k flows).  A table already holding max_conns never grows.
+        self.t.grow_at = <uint32_t>min(<uint64_t>(len(slots) * 5 // 8), <uint64_t>0xFFFFFFFF)
 
     cdef int _grow(self) except -1:
         """Double the index (re-placing slots by their tags; entries are not touched)."""
@@ -248,11 +251,13 @@ cdef class Engine:
                 if offsets[i] < 0 or offsets[i] + <int64_t>caplen[i] > nbuf or iface[i] >= n_if:
                     with gil:
                         raise ValueError(f"packet {i}: offset/caplen outside the buffer or unknown interface")
-        # Incremental expiry, bounded work, before any output index is handed out.
+        # Incremental expiry, bounded work, before any output index is handed out.  The batch's first
+        # packet already sets the time: what is dead then is dead for every packet of the batch.
+        cdef int64_t start_now = self.t.now if self.t.now > ts[0] else ts[0]
         with nogil:
-            sweep_expired(&self.t, self.t.now, <uint32_t>(2 * n + 64))
+            sweep_expired(&self.t, start_now, <uint32_t>(2 * n + 64))
             if self.t.n >= self.t.cap:
-                sweep_expired(&self.t, self.t.now, 4096)
+                sweep_expired(&self.t, start_now, 4096)
         base = 0
         while base < n:
             cnt = n - base if n - base < SUB else SUB
@@ -272,12 +277,14 @@ cdef class Engine:
                    uint64_t *lt_skipped, uint16_t zone, bint zone_from_vlan, bint commit) noexcept nogil:
         cdef ct_table *t = &self.t
         cdef pkt_meta *m
-        cdef uint32_t i, j, inserted = 0
+        cdef uint32_t i, j, inserted = 0, rebuilt = 0
         cdef uint64_t zbits
         cdef int32_t idx
         cdef ct_entry *e
         cdef ct_cold *c
         cdef int v
+        cdef int32_t reused
+        cdef bint full
         cdef uint8_t reason, st
         cdef Py_ssize_t ahead = HDR_PREFETCH if HDR_PREFETCH < left else left
         # Stage 1: parse, key, hash.  Headers are prefetched HDR_PREFETCH packets ahead.
@@ -333,6 +340,10 @@ cdef class Engine:
             idx = m.idx
             if idx < 0 and inserted:
                 idx = table_find(t, m)      # an earlier packet of this sub-batch may have created it
+            elif idx >= 0 and rebuilt:
+                # An earlier packet of this sub-batch rebuilt an entry in place, possibly with its
+                # tuple reversed: take the direction again.
+                idx = table_find(t, m)
             if idx >= 0 and t.e[idx].expires <= m.now:
                 # Dead but not yet swept: the kernel would not find it.  Its slot is reused below if
                 # this packet starts a new connection (same tuple, same hash, same slot).
@@ -366,17 +377,17 @@ cdef class Engine:
                 v = V_ACCEPT
             # A new connection.
             m.dir = DIR_ORIGINAL
+            reused = -1
+            full = False
             if idx < 0:
                 if t.n >= t.cap:
-                    o_state[i] = CS_INV | CS_TRK
-                    o_entry[i] = -1
-                    o_dir[i] = 0
-                    t.stats[ST_DROP] += 1
-                    t.stats[ST_INVALID] += 1
-                    t.reasons[R_TABLE_FULL] += 1
-                    continue
-                e = &t.e[t.n]      # build in the next free entry; it only counts once indexed
-                c = &t.cold[t.n]
+                    # Full: build it aside; it takes a dead entry's place below, if there is one.
+                    full = True
+                    e = &self._spare_e
+                    c = &self._spare_c
+                else:
+                    e = &t.e[t.n]      # build in the next free entry; it only counts once indexed
+                    c = &t.cold[t.n]
             else:
                 # A dead entry, or one a TCP reopen replaces: rebuilt in place (same tuple hash).
                 e = &t.e[idx]
@@ -399,20 +410,41 @@ cdef class Engine:
                 if idx >= 0:
                     e.expires = m.now
                 continue
-            if idx < 0:
-                if slot_insert(t, m.hash, t.n) < 0:
+            if idx < 0 and full:
+                # Take a dead entry (unindexed and rebuilt where it is, so no other entry moves),
+                # else drop the packet as the kernel does when the table is full.
+                reused = reclaim_dead(t, m.now, 4096)
+                if reused < 0:
                     o_state[i] = CS_INV | CS_TRK
                     o_entry[i] = -1
                     o_dir[i] = 0
                     t.stats[ST_DROP] += 1
-                    t.stats[ST_INVALID] += 1
+                    t.reasons[R_TABLE_FULL] += 1
+                    continue
+                memcpy(&t.e[reused], e, sizeof(ct_entry))
+                memcpy(&t.cold[reused], c, sizeof(ct_cold))
+                e = &t.e[reused]
+                c = &t.cold[reused]
+            if idx < 0:
+                if slot_insert(t, m.hash, <uint32_t>(reused if reused >= 0 else t.n)) < 0:
+                    if reused >= 0:
+                        entry_forget(t, <uint32_t>reused)   # never leave an unindexed entry behind
+                    o_state[i] = CS_INV | CS_TRK
+                    o_entry[i] = -1
+                    o_dir[i] = 0
+                    t.stats[ST_DROP] += 1
                     t.stats[ST_CHAINTOOLONG] += 1
                     t.stats[ST_INSERT_FAILED] += 1
                     t.reasons[R_CHAIN_TOO_LONG] += 1
                     continue
-                idx = <int32_t>t.n
-                t.n += 1
+                if reused >= 0:
+                    idx = reused
+                else:
+                    idx = <int32_t>t.n
+                    t.n += 1
                 inserted += 1
+            else:
+                rebuilt += 1
             key_store(e, m)
             e.status = IPS_CONFIRMED
             e.mark = 0

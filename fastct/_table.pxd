@@ -107,6 +107,33 @@ cdef inline uint32_t sweep_expired(ct_table *t, int64_t now, uint32_t budget) no
     t.stats[ST_EXPIRED] += removed
     return removed
 
+cdef inline int32_t reclaim_dead(ct_table *t, int64_t now, uint32_t budget) noexcept nogil:
+    """Find a dead entry (looking at up to `budget` from the sweep cursor), take it out of the index
+    and return its number for reuse in place; -1 if none was found."""
+    cdef uint32_t k
+    if budget > t.n:
+        budget = t.n
+    for k in range(budget):
+        if t.sweep_pos >= t.n:
+            t.sweep_pos = 0
+        if t.e[t.sweep_pos].expires <= now:
+            slot_delete_at(t, slot_of(t, entry_hash(&t.e[t.sweep_pos], t.seed), t.sweep_pos))
+            t.stats[ST_EXPIRED] += 1
+            return <int32_t>t.sweep_pos
+        t.sweep_pos += 1
+    return -1
+
+cdef inline void entry_forget(ct_table *t, uint32_t idx) noexcept nogil:
+    """Drop entry idx, which is not in the index, moving the last entry into its place."""
+    cdef uint32_t last = t.n - 1
+    cdef uint64_t pos
+    if idx != last:
+        pos = slot_of(t, entry_hash(&t.e[last], t.seed), last)
+        memcpy(&t.e[idx], &t.e[last], sizeof(ct_entry))
+        memcpy(&t.cold[idx], &t.cold[last], sizeof(ct_cold))
+        t.slots[pos] = (t.slots[pos] & 0xFFFFFFFF00000000ULL) | (<uint64_t>idx + 1)
+    t.n = last
+
 cdef inline uint32_t sweep_all(ct_table *t, int64_t now) noexcept nogil:
     """Delete every entry dead at `now`."""
     cdef uint32_t i = 0, removed = 0

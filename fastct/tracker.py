@@ -205,12 +205,14 @@ class Tracker:
                 mask &= _addr_mask(view, field, value)
         if addr is not None:
             mask &= _addr_mask(view, "src", addr) | _addr_mask(view, "dst", addr)
+        # Ports exist only for TCP, UDP, UDP-Lite and SCTP (ICMP keeps its id and type there).
+        has_ports = np.isin(view["proto"], list(PORT_PROTOCOLS))
         if sport is not None:
-            mask &= view["sport"] == sport
+            mask &= has_ports & (view["sport"] == sport)
         if dport is not None:
-            mask &= view["dport"] == dport
+            mask &= has_ports & (view["dport"] == dport)
         if port is not None:
-            mask &= (view["sport"] == port) | (view["dport"] == port)
+            mask &= has_ports & ((view["sport"] == port) | (view["dport"] == port))
         return view[mask]
 
     def cold(self) -> np.ndarray:

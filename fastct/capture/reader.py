@@ -159,6 +159,8 @@ class CaptureReader:
             self._pos = pos + blen
             return
         e = ">" if self._swapped else "<"
+        if pos + 8 > self.size:
+            self._fail(pos, "file ends inside a pcapng block header (file cut short)")
         blen = struct.unpack_from(e + "I", self._mmap, pos + 4)[0]
         if blen < 20 or blen % 4 or pos + blen > self.size:
             self._fail(pos, f"pcapng interface description block length {blen} is invalid")
@@ -185,7 +187,10 @@ class CaptureReader:
             elif code == 13 and len(val) >= 1:
                 iface.fcslen = val[0]
             elif code == 14 and len(val) >= 8:
-                iface.ts_off = struct.unpack(e + "q", val[:8])[0] * 1_000_000_000
+                off = struct.unpack(e + "q", val[:8])[0]
+                if abs(off) > 1 << 32:
+                    self._fail(pos, f"pcapng if_tsoffset {off} s is out of range")
+                iface.ts_off = off * 1_000_000_000
         if iface.ts_mul == 1_000_000_000 and iface.ts_div > (1 << 30):
             self._fail(pos, "pcapng if_tsresol finer than 2^-30 s is not supported")
         self.interfaces.append(iface)
