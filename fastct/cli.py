@@ -64,6 +64,9 @@ def main(argv=None) -> int:
     except BrokenPipeError:
         sys.stderr.close()
         return EXIT_OK
+    except KeyboardInterrupt:
+        print("fastct: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except UsageError as exc:
         print(f"fastct: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
