@@ -41,6 +41,22 @@ cdef inline int32_t table_find(ct_table *t, pkt_meta *m) noexcept nogil:
     t.stats[ST_PROBES] += n + 1
     return -1
 
+cdef inline int32_t table_candidate(const ct_table *t, uint64_t hash) noexcept nogil:
+    """The entry of the first slot whose tag matches (the likely hit), or -1; reads slots only."""
+    cdef uint64_t tag = hash >> 32
+    cdef uint64_t i = tag & t.mask
+    cdef uint64_t s
+    cdef uint32_t n = 0
+    while n <= t.max_probe:
+        s = t.slots[i]
+        if s == 0:
+            return -1
+        if (s >> 32) == tag:
+            return <int32_t>((s & 0xFFFFFFFFULL) - 1)
+        n += 1
+        i = (i + 1) & t.mask
+    return -1
+
 cdef inline int slot_insert(ct_table *t, uint64_t hash, uint32_t idx) noexcept nogil:
     """Place entry idx in the index; -1 when the chain from its home is already max_probe long."""
     cdef uint64_t tag = hash >> 32
@@ -78,17 +94,21 @@ cdef inline void slot_delete_at(ct_table *t, uint64_t i) noexcept nogil:
             i = j
     t.slots[i] = 0
 
-cdef inline void entry_remove(ct_table *t, uint32_t idx) noexcept nogil:
-    """Delete entry idx from the index and the array, moving the last entry into its place."""
+cdef inline void entry_forget(ct_table *t, uint32_t idx) noexcept nogil:
+    """Drop entry idx, which is not in the index, moving the last entry into its place."""
     cdef uint32_t last = t.n - 1
     cdef uint64_t pos
-    slot_delete_at(t, slot_of(t, entry_hash(&t.e[idx], t.seed), idx))
     if idx != last:
         pos = slot_of(t, entry_hash(&t.e[last], t.seed), last)
         memcpy(&t.e[idx], &t.e[last], sizeof(ct_entry))
         memcpy(&t.cold[idx], &t.cold[last], sizeof(ct_cold))
         t.slots[pos] = (t.slots[pos] & 0xFFFFFFFF00000000ULL) | (<uint64_t>idx + 1)
     t.n = last
+
+cdef inline void entry_remove(ct_table *t, uint32_t idx) noexcept nogil:
+    """Delete entry idx from the index and the array, moving the last entry into its place."""
+    slot_delete_at(t, slot_of(t, entry_hash(&t.e[idx], t.seed), idx))
+    entry_forget(t, idx)
 
 cdef inline uint32_t sweep_expired(ct_table *t, int64_t now, uint32_t budget) noexcept nogil:
     """Incremental expiry: look at up to `budget` entries from the cursor, deleting dead ones."""
@@ -122,17 +142,6 @@ cdef inline int32_t reclaim_dead(ct_table *t, int64_t now, uint32_t budget) noex
             return <int32_t>t.sweep_pos
         t.sweep_pos += 1
     return -1
-
-cdef inline void entry_forget(ct_table *t, uint32_t idx) noexcept nogil:
-    """Drop entry idx, which is not in the index, moving the last entry into its place."""
-    cdef uint32_t last = t.n - 1
-    cdef uint64_t pos
-    if idx != last:
-        pos = slot_of(t, entry_hash(&t.e[last], t.seed), last)
-        memcpy(&t.e[idx], &t.e[last], sizeof(ct_entry))
-        memcpy(&t.cold[idx], &t.cold[last], sizeof(ct_cold))
-        t.slots[pos] = (t.slots[pos] & 0xFFFFFFFF00000000ULL) | (<uint64_t>idx + 1)
-    t.n = last
 
 cdef inline uint32_t sweep_all(ct_table *t, int64_t now) noexcept nogil:
     """Delete every entry dead at `now`."""
