@@ -4,7 +4,12 @@
 Slots are uint64: the upper 32 bits of the entry's hash (the tag) and entry number + 1 (0 = empty).
 The home slot is tag & mask, so a slot alone says where it belongs: deletion shifts the following
 slots back (no tombstones) and growth re-places slots without touching entries.  Linear probing;
-an insert never places a slot more than max_probe past its home, so lookups stop there too.
+an insert never places a slot more than max_probe past its home (a longer chain means a dropped
+packet, counted), so a crafted flood cannot build long chains even without the hash seed.
+
+Growth is incremental: the index doubles into a new array and the old one is emptied a few slots
+per batch (migrate_step), so no batch pays for re-placing millions of slots.  While both exist,
+inserts go to the new one and lookups try the new one, then the old.
 Entries stay dense (entries[0:n] are all in use): deleting one moves the last entry into its place,
 which is what makes `entries()` a zero-copy view.
 """
@@ -13,101 +18,129 @@ from libc.string cimport memcpy
 from fastct._types cimport *
 from fastct._flowkey cimport key_eq_orig, key_eq_reply, entry_hash
 
-cdef inline int32_t table_find(ct_table *t, pkt_meta *m) noexcept nogil:
-    """Entry of the packet's connection (either direction, sets m.dir) or -1."""
+cdef inline int32_t _find_in(ct_table *t, const uint64_t *slots, uint64_t mask, pkt_meta *m) noexcept nogil:
     cdef uint64_t tag = m.hash >> 32
-    cdef uint64_t i = tag & t.mask
+    cdef uint64_t i = tag & mask
     cdef uint64_t s
-    cdef uint32_t n = 0
+    cdef uint32_t n = 1
     cdef ct_entry *e
     while True:
-        s = t.slots[i]
+        s = slots[i]
         if s == 0:
-            break
+            t.stats[ST_PROBES] += n
+            return -1
         if (s >> 32) == tag:
             e = &t.e[(s & 0xFFFFFFFFULL) - 1]
             if key_eq_orig(e, m):
                 m.dir = DIR_ORIGINAL
-                t.stats[ST_PROBES] += n + 1
+                t.stats[ST_PROBES] += n
                 return <int32_t>((s & 0xFFFFFFFFULL) - 1)
             if key_eq_reply(e, m):
                 m.dir = DIR_REPLY
-                t.stats[ST_PROBES] += n + 1
+                t.stats[ST_PROBES] += n
                 return <int32_t>((s & 0xFFFFFFFFULL) - 1)
         n += 1
-        if n > t.max_probe:
-            break
-        i = (i + 1) & t.mask
-    t.stats[ST_PROBES] += n + 1
-    return -1
+        i = (i + 1) & mask
 
-cdef inline int32_t table_candidate(const ct_table *t, uint64_t hash) noexcept nogil:
-    """The entry of the first slot whose tag matches (the likely hit), or -1; reads slots only."""
+cdef inline int32_t table_find(ct_table *t, pkt_meta *m) noexcept nogil:
+    """Entry of the packet's connection (either direction, sets m.dir) or -1."""
+    cdef int32_t idx = _find_in(t, t.slots, t.mask, m)
+    if idx < 0 and t.oslots != NULL:
+        idx = _find_in(t, t.oslots, t.omask, m)
+    return idx
+
+cdef inline int32_t _candidate_in(const uint64_t *slots, uint64_t mask, uint64_t hash) noexcept nogil:
     cdef uint64_t tag = hash >> 32
-    cdef uint64_t i = tag & t.mask
+    cdef uint64_t i = tag & mask
     cdef uint64_t s
-    cdef uint32_t n = 0
-    while n <= t.max_probe:
-        s = t.slots[i]
+    while True:
+        s = slots[i]
         if s == 0:
             return -1
         if (s >> 32) == tag:
             return <int32_t>((s & 0xFFFFFFFFULL) - 1)
-        n += 1
-        i = (i + 1) & t.mask
-    return -1
+        i = (i + 1) & mask
+
+cdef inline int32_t table_candidate(const ct_table *t, uint64_t hash) noexcept nogil:
+    """The entry of the first slot whose tag matches (the likely hit), or -1; reads slots only."""
+    cdef int32_t c = _candidate_in(t.slots, t.mask, hash)
+    if c < 0 and t.oslots != NULL:
+        c = _candidate_in(t.oslots, t.omask, hash)
+    return c
+
+cdef inline int _place(uint64_t *slots, uint64_t mask, uint64_t s, uint32_t bound) noexcept nogil:
+    """Put slot value s at the first empty place from its home; -1 if that is beyond `bound`."""
+    cdef uint64_t i = (s >> 32) & mask
+    cdef uint32_t d = 0
+    while slots[i] != 0:
+        d += 1
+        if d > bound:
+            return -1
+        i = (i + 1) & mask
+    slots[i] = s
+    return <int>d
 
 cdef inline int slot_insert(ct_table *t, uint64_t hash, uint32_t idx) noexcept nogil:
-    """Place entry idx in the index; -1 when the chain from its home is already max_probe long."""
-    cdef uint64_t tag = hash >> 32
-    cdef uint64_t i = tag & t.mask
-    cdef uint32_t d = 0
-    while t.slots[i] != 0:
-        d += 1
-        if d > t.max_probe:
-            return -1
-        i = (i + 1) & t.mask
-    t.slots[i] = (tag << 32) | (<uint64_t>idx + 1)
-    if d > t.stats[ST_PROBE_MAX]:
+    """Index entry idx; -1 when the chain from its home is already max_probe long."""
+    cdef int d = _place(t.slots, t.mask, ((hash >> 32) << 32) | (<uint64_t>idx + 1), t.max_probe)
+    if d > <int>t.stats[ST_PROBE_MAX]:
         t.stats[ST_PROBE_MAX] = d
-    return 0
+    return d if d < 0 else 0
 
-cdef inline uint64_t slot_of(ct_table *t, uint64_t hash, uint32_t idx) noexcept nogil:
-    """Position of the slot that holds entry idx (which must be indexed)."""
+cdef inline uint64_t *slot_of(ct_table *t, uint64_t hash, uint32_t idx) noexcept nogil:
+    """The slot that holds entry idx (which must be indexed), in whichever array holds it."""
+    cdef uint64_t want = <uint64_t>idx + 1
     cdef uint64_t i = (hash >> 32) & t.mask
-    while (t.slots[i] & 0xFFFFFFFFULL) != <uint64_t>idx + 1:
-        i = (i + 1) & t.mask
-    return i
-
-cdef inline void slot_delete_at(ct_table *t, uint64_t i) noexcept nogil:
-    """Empty slot i and shift later members of the cluster back so every lookup still reaches them."""
-    cdef uint64_t j = i, home, s
+    cdef uint64_t s
     while True:
-        j = (j + 1) & t.mask
-        s = t.slots[j]
+        s = t.slots[i]
         if s == 0:
             break
-        home = (s >> 32) & t.mask
+        if (s & 0xFFFFFFFFULL) == want:
+            return &t.slots[i]
+        i = (i + 1) & t.mask
+    # Not in the new array: it is still in the old one.
+    i = (hash >> 32) & t.omask
+    while (t.oslots[i] & 0xFFFFFFFFULL) != want:
+        i = (i + 1) & t.omask
+    return &t.oslots[i]
+
+cdef inline void _delete_at(uint64_t *slots, uint64_t mask, uint64_t i) noexcept nogil:
+    """Empty slot i and shift later members of its cluster back so every lookup still reaches them."""
+    cdef uint64_t j = i, home, s
+    while True:
+        j = (j + 1) & mask
+        s = slots[j]
+        if s == 0:
+            break
+        home = (s >> 32) & mask
         # s may move into the hole at i if i lies cyclically between its home and j.
-        if ((j - home) & t.mask) >= ((j - i) & t.mask):
-            t.slots[i] = s
+        if ((j - home) & mask) >= ((j - i) & mask):
+            slots[i] = s
             i = j
-    t.slots[i] = 0
+    slots[i] = 0
+
+cdef inline void slot_delete(ct_table *t, uint64_t *slot) noexcept nogil:
+    if t.oslots != NULL and slot >= t.oslots and slot <= t.oslots + t.omask:
+        _delete_at(t.oslots, t.omask, <uint64_t>(slot - t.oslots))
+        t.ocount -= 1
+    else:
+        _delete_at(t.slots, t.mask, <uint64_t>(slot - t.slots))
 
 cdef inline void entry_forget(ct_table *t, uint32_t idx) noexcept nogil:
     """Drop entry idx, which is not in the index, moving the last entry into its place."""
     cdef uint32_t last = t.n - 1
-    cdef uint64_t pos
+    cdef uint64_t *slot
     if idx != last:
-        pos = slot_of(t, entry_hash(&t.e[last], t.seed), last)
+        slot = slot_of(t, entry_hash(&t.e[last], t.seed), last)
         memcpy(&t.e[idx], &t.e[last], sizeof(ct_entry))
         memcpy(&t.cold[idx], &t.cold[last], sizeof(ct_cold))
-        t.slots[pos] = (t.slots[pos] & 0xFFFFFFFF00000000ULL) | (<uint64_t>idx + 1)
+        slot[0] = (slot[0] & 0xFFFFFFFF00000000ULL) | (<uint64_t>idx + 1)
     t.n = last
 
 cdef inline void entry_remove(ct_table *t, uint32_t idx) noexcept nogil:
     """Delete entry idx from the index and the array, moving the last entry into its place."""
-    slot_delete_at(t, slot_of(t, entry_hash(&t.e[idx], t.seed), idx))
+    slot_delete(t, slot_of(t, entry_hash(&t.e[idx], t.seed), idx))
     entry_forget(t, idx)
 
 cdef inline uint32_t sweep_expired(ct_table *t, int64_t now, uint32_t budget) noexcept nogil:
@@ -137,7 +170,7 @@ cdef inline int32_t reclaim_dead(ct_table *t, int64_t now, uint32_t budget) noex
         if t.sweep_pos >= t.n:
             t.sweep_pos = 0
         if t.e[t.sweep_pos].expires <= now:
-            slot_delete_at(t, slot_of(t, entry_hash(&t.e[t.sweep_pos], t.seed), t.sweep_pos))
+            slot_delete(t, slot_of(t, entry_hash(&t.e[t.sweep_pos], t.seed), t.sweep_pos))
             t.stats[ST_EXPIRED] += 1
             return <int32_t>t.sweep_pos
         t.sweep_pos += 1
@@ -156,13 +189,25 @@ cdef inline uint32_t sweep_all(ct_table *t, int64_t now) noexcept nogil:
     t.stats[ST_EXPIRED] += removed
     return removed
 
-cdef inline void slots_rehash(const uint64_t *old, uint64_t old_n, uint64_t *new, uint64_t new_mask) noexcept nogil:
-    """Re-place every slot of `old` into the empty `new` by its tag (entries are not read)."""
-    cdef uint64_t i, j, s
-    for i in range(old_n):
-        s = old[i]
-        if s != 0:
-            j = (s >> 32) & new_mask
-            while new[j] != 0:
-                j = (j + 1) & new_mask
-            new[j] = s
+cdef inline bint migrate_step(ct_table *t, uint64_t budget) noexcept nogil:
+    """Move slots from the old index to the new one, looking at up to `budget` old slots.
+    Returns True when the old index is empty (and detached).  Deleting with backward shift only
+    moves slots to positions at or after the cursor, so one pass from 0 empties the array."""
+    cdef uint64_t s
+    while t.oslots != NULL and budget > 0:
+        budget -= 1
+        if t.ocount == 0:
+            t.oslots = NULL
+            break
+        if t.opos > t.omask:
+            t.opos = 0          # cannot happen (see above), but never detach a non-empty index
+        s = t.oslots[t.opos]
+        if s == 0:
+            t.opos += 1
+            continue
+        _place(t.slots, t.mask, s, 0xFFFFFFFFU)
+        _delete_at(t.oslots, t.omask, t.opos)
+        t.ocount -= 1           # the cursor stays: a later slot may have shifted into it
+    if t.oslots != NULL and t.ocount == 0:
+        t.oslots = NULL
+    return t.oslots == NULL

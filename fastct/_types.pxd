@@ -163,11 +163,15 @@ cdef struct ct_table:
     ct_cold *cold           # parallel to e
     uint64_t *slots         # index: tag << 32 | (entry + 1); 0 is empty
     uint64_t mask           # number of slots - 1 (a power of two minus one)
+    uint64_t *oslots        # while growing: the previous index, emptied a little per batch (else NULL)
+    uint64_t omask          # its number of slots - 1
+    uint64_t ocount         # slots still in it
+    uint64_t opos           # migration cursor in it
     uint32_t n              # entries in use
     uint32_t cap            # max_conns: entries allocated
-    uint32_t grow_at        # n at which the index doubles (load factor 0.7)
+    uint32_t grow_at        # n at which the index doubles (load factor 5/8)
     uint32_t sweep_pos      # incremental expiry sweep cursor
-    uint32_t max_probe      # probe length bound
+    uint32_t max_probe      # insert bound: a slot is never placed further than this from its home
     uint32_t tcp_loose      # nf_conntrack_tcp_loose
     uint32_t tcp_be_liberal # nf_conntrack_tcp_be_liberal
     uint32_t tcp_max_retrans

@@ -119,11 +119,27 @@ def scenario_new(n_conns, batch_size, repeats, seed=1):
     return n_conns, times, tracker
 
 
+def scenario_growth(n_conns, batch_size, seed=1):
+    """New connections into an empty table that grows to n_conns: per-batch times, worst included."""
+    rng = np.random.default_rng(seed)
+    c, s, sp, dp = conn_endpoints(n_conns, rng)
+    batch = make_frames(c, s, sp, dp, np.ones(n_conns, dtype=bool), np.full(n_conns, 2, dtype=np.uint8),
+                        np.full(n_conns, 1000, dtype=np.uint32), np.zeros(n_conns, dtype=np.uint32),
+                        1_700_000_000 * 10**9 + np.arange(n_conns, dtype=np.int64))
+    tracker = Tracker(max_conns=max(n_conns, 1024), seed=seed)
+    times = []
+    for start in range(0, n_conns, batch_size):
+        t0 = time.perf_counter()
+        tracker.process(batch.slice(start, min(n_conns, start + batch_size)))
+        times.append(time.perf_counter() - t0)
+    return np.array(times), tracker
+
+
 SIZES = {"1k": 1_000, "100k": 100_000, "1M": 1_000_000, "10M": 10_000_000}
 
 
 def add_arguments(p):
-    p.add_argument("--scenario", choices=["established", "new", "all"], default="all")
+    p.add_argument("--scenario", choices=["established", "new", "growth", "all"], default="all")
     p.add_argument("--conns", default="1k,100k,1M", help="comma list of 1k,100k,1M,10M")
     p.add_argument("--packets", type=int, default=2_000_000, help="timed packets per repeat")
     p.add_argument("--batch-size", type=int, default=256)
@@ -147,6 +163,12 @@ def run(args) -> int:
         if args.scenario in ("new", "all"):
             pk, times, tr = scenario_new(n, args.batch_size, args.repeats)
             results.append(_result("new", n, pk, times, tr, args))
+        if args.scenario in ("growth", "all"):
+            times, tr = scenario_growth(n, args.batch_size)
+            r = _result("growth", n, n, [times.sum()], tr, args)
+            r.update(batch_ms_median=float(np.median(times) * 1e3), batch_ms_worst=float(times.max() * 1e3),
+                     grows=tr.stats()["grows"])
+            results.append(r)
     for r in results:
         if args.json:
             print(json.dumps(r))
@@ -154,7 +176,9 @@ def run(args) -> int:
             print(f"{r['scenario']:<12} conns={r['conns']:>9} batch={r['batch']:>5}  "
                   f"{r['mpps_median']:7.2f} Mpps (min {r['mpps_min']:.2f}, max {r['mpps_max']:.2f})  "
                   f"{r['ns_per_packet']:6.1f} ns/pkt  {r['bytes_per_conn']:.0f} B/conn  "
-                  f"peak RSS {r['peak_rss_mb']:.0f} MB")
+                  f"peak RSS {r['peak_rss_mb']:.0f} MB"
+                  + (f"  batch median {r['batch_ms_median']:.2f} ms, worst {r['batch_ms_worst']:.2f} ms "
+                     f"({r['grows']} grows)" if "grows" in r else ""))
     return 0
 
 
