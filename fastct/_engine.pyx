@@ -194,6 +194,19 @@ cdef class Engine:
     cdef inline bint _needs_grow(self, uint32_t incoming) noexcept nogil:
         return self.t.n + incoming > self.t.grow_at and self.t.grow_at < self.t.cap
 
+    def prefault(self):
+        """Touch all entry memory for max_conns now, so new connections never wait for the kernel
+        to zero a fresh page (on this kind of machine ~1.6 ms per MB, ~250 ns per connection)."""
+        cdef char *p = <char *><size_t>self._entries_raw.ctypes.data
+        cdef char *q = <char *><size_t>self._cold_raw.ctypes.data
+        cdef size_t ne = <size_t>self.t.cap * sizeof(ct_entry)
+        cdef size_t nc = <size_t>self.t.cap * sizeof(ct_cold)
+        cdef size_t used_e = <size_t>self.t.n * sizeof(ct_entry)
+        cdef size_t used_c = <size_t>self.t.n * sizeof(ct_cold)
+        with nogil:
+            memset(p + used_e, 0, ne - used_e)
+            memset(q + used_c, 0, nc - used_c)
+
     # ---- configuration -------------------------------------------------------------------
     def set_timeout(self, int index, int64_t ns):
         if not 0 <= index < TO_N:

@@ -1,6 +1,12 @@
 """The `fastct` command: `fastct track FILE` prints the table conntrack would list; `fastct bench`."""
 from __future__ import annotations
 
+import os
+
+# numpy's OpenBLAS threads spin on the other core after any BLAS call; fastct needs none of them
+# and they skew the benchmarks on a 2-core machine.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import argparse
 import signal
 import sys

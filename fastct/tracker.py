@@ -125,7 +125,7 @@ class Tracker:
 
     def __init__(self, max_conns: int = DEFAULT_MAX_CONNS, seed: int | None = None,
                  timeouts: dict | None = None, tcp_loose: bool = True, tcp_be_liberal: bool = False,
-                 tcp_max_retrans: int = 3):
+                 tcp_max_retrans: int = 3, prefault: bool = False):
         if isinstance(max_conns, bool) or not isinstance(max_conns, (int, np.integer)):
             raise ValueError(f"max_conns must be an integer, not {max_conns!r}")
         if not 1 <= max_conns <= MAX_MAX_CONNS:
@@ -138,7 +138,9 @@ class Tracker:
         if seed is not None and (not isinstance(seed, (int, np.integer)) or seed < 0):
             raise ValueError(f"seed must be a non-negative integer or None, not {seed!r}")
         try:
-            self._engine = _engine.Engine(int(max_conns), seed)
+            # Prefaulted tables also get their final index now: no growth later.
+            slots = 1 << max(10, int(np.ceil(np.log2(max_conns * 8 / 5)))) if prefault else 1024
+            self._engine = _engine.Engine(int(max_conns), seed, slots)
         except MemoryError:
             raise ValueError(f"cannot allocate a table for max_conns={max_conns}") from None
         self._engine.set_tcp(loose=tcp_loose, be_liberal=tcp_be_liberal, max_retrans=tcp_max_retrans)
@@ -146,6 +148,9 @@ class Tracker:
         for name, value in (timeouts or {}).items():
             self.timeouts[name] = value
         self.linktype_skipped = np.zeros(65536, dtype=np.uint64)
+        if prefault:
+            # Pay the kernel's first-touch cost for every entry now rather than per new connection.
+            self._engine.prefault()
 
     # ---- the batch ------------------------------------------------------------------------
     def process(self, batch: Batch, zone: int = 0, commit: bool = True, zone_from_vlan: bool = False,

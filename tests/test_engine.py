@@ -1096,3 +1096,20 @@ def test_invariants_random_workload():
         _check_invariants(t)
     st = t.stats()
     assert st["packets"] > 1000 and st["entries"] == len(t)
+
+
+def test_prefault_sizes_the_index_for_max_conns():
+    # prefault=True touches the entry memory and sizes the index so it never grows: 5000
+    # connections need 5000 / (5/8) = 8000 slots, so 8192.
+    from fastct.bench import conn_endpoints, make_frames
+    n = 5000
+    c, s, sp, dp = conn_endpoints(n, np.random.default_rng(0))
+    syns = make_frames(c, s, sp, dp, np.ones(n, dtype=bool), np.full(n, 2, dtype=np.uint8),
+                       np.full(n, 1000, dtype=np.uint32), np.zeros(n, dtype=np.uint32),
+                       np.arange(n, dtype=np.int64))
+    t = Tracker(max_conns=n, seed=1, prefault=True)
+    assert t._engine.n_slots == 8192
+    res = t.process(syns)
+    assert (res.ct_state == (B["trk"] | B["new"])).all()
+    assert t.stats()["grows"] == 0 and len(t) == n
+    assert t._engine.check_invariants() == []
