@@ -404,7 +404,7 @@ cdef class Engine:
                    uint64_t *lt_skipped, uint16_t zone, bint zone_from_vlan, bint commit) noexcept nogil:
         cdef ct_table *t = &self.t
         cdef pkt_meta *m
-        cdef uint32_t i, j
+        cdef uint32_t i, j, found = 0
         cdef int32_t cand
         cdef uint64_t zbits
         cdef int32_t idx
@@ -447,9 +447,9 @@ cdef class Engine:
                     if m.proto == IP_PROTO_TCP:
                         FASTCT_PREFETCH_W(&t.cold[cand])
         # Stage 3: protocol state and outputs, in packet order.
+        t.stats[ST_PACKETS] += cnt
         for i in range(cnt):
             m = &self._meta[i]
-            t.stats[ST_PACKETS] += 1
             if m.kind != PK_TRACK:
                 o_state[i] = 0
                 o_entry[i] = -1
@@ -476,7 +476,7 @@ cdef class Engine:
             elif idx >= 0:
                 e = &t.e[idx]
                 c = &t.cold[idx]
-                t.stats[ST_FOUND] += 1
+                found += 1
                 v = proto_packet(t, e, c, m)
                 if v == V_ACCEPT:
                     if m.dir == DIR_REPLY:
@@ -593,3 +593,4 @@ cdef class Engine:
             o_state[i] = CS_TRK | CS_NEW
             o_entry[i] = idx
             o_dir[i] = 0
+        t.stats[ST_FOUND] += found
