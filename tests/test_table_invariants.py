@@ -13,6 +13,8 @@ and the same final table.
 from __future__ import annotations
 
 import ipaddress
+import re
+import re
 import struct
 from dataclasses import dataclass, field
 
@@ -219,8 +221,25 @@ def live_entries(t: Tracker) -> int:
     return int(np.count_nonzero(t._engine.entries_view()["expires"] > t.now))
 
 
+SELF_REPLY = re.compile(r"entry (\d+) not found from its reply direction \((\d+)\)")
+
+
+def is_own_reverse(e) -> bool:
+    """A tuple equal to its own reverse (same address and port at both ends, ICMP excepted)."""
+    return (int(e["proto"]) not in (1, 58) and bytes(e["src"]) == bytes(e["dst"])
+            and int(e["sport"]) == int(e["dport"]))
+
+
 def check_table(t: Tracker, max_conns: int, lookups: bool = False):
     problems = t._engine.check_invariants()
+    if problems:
+        # check_invariants() wants the reply-direction lookup to say "reply"; for a tuple that is its
+        # own reverse (10.0.0.1:1000 -> 10.0.0.1:1000) the lookup rightly finds the same entry as
+        # original (the kernel's too: the original tuple is hashed first).  Not a table problem.
+        ents = t._engine.entries_view()
+        problems = [p for p in problems
+                    if not ((m := SELF_REPLY.fullmatch(p)) and m[1] == m[2]
+                            and is_own_reverse(ents[int(m[1])]))]
     assert problems == [], problems[:10]
     assert t._engine.count <= max_conns
     if lookups:
@@ -244,7 +263,8 @@ def check_table(t: Tracker, max_conns: int, lookups: bool = False):
                 rev = t.lookup(dst, src, proto, dport, sport)
             assert fwd is not None and rev is not None, (i, src, dst, proto, sport, dport)
             assert fwd["index"] == i == rev["index"], (i, fwd["index"], rev["index"])
-            assert fwd["direction"] == "original" and rev["direction"] == "reply"
+            assert fwd["direction"] == "original"
+            assert rev["direction"] == ("original" if is_own_reverse(e) else "reply")
 
 
 def table_rows(t: Tracker) -> list[bytes]:
@@ -253,7 +273,11 @@ def table_rows(t: Tracker) -> list[bytes]:
     ents = t._engine.entries_view().copy()
     cold = t._engine.cold_view().copy()
     assert ents.dtype == ENTRY_DTYPE and cold.dtype == COLD_DTYPE
-    return sorted(ents[i].tobytes() + cold[i].tobytes() for i in range(len(ents)))
+    # The cold record's TCP bookkeeping is never written for other protocols (left as the memory
+    # was); only its start time means something there.
+    return sorted(ents[i].tobytes() + (cold[i].tobytes() if ents[i]["proto"] == 6
+                                       else cold[i]["start"].tobytes())
+                  for i in range(len(ents)))
 
 
 STABLE_STATS = ("insert", "drop", "invalid", "found", "packets", "insert_failed", "chaintoolong")
@@ -305,6 +329,7 @@ def run(pkts, max_conns, sizes=(1,), model: Model | None = None, expire_every=0,
             if model is not None:
                 assert got == model.live()
                 model.check_entries(t)
+        i = j
     if model is not None:
         assert len(t) == model.live()
         model.check_entries(t)
@@ -313,22 +338,36 @@ def run(pkts, max_conns, sizes=(1,), model: Model | None = None, expire_every=0,
 
 # ---- random workloads ------------------------------------------------------------------------------
 
-PROTOS = ("tcp", "tcp", "udp", "udp", "icmp", "gen", "sctp")
-DT_MS = st.one_of(
-    st.sampled_from([0, 0, 0, 1, 5, 100, 700, 1500, 2001, 2500]),
-    st.sampled_from([10_000, 10_001, 29_999, 30_000, 30_001, 60_000, 120_000, 120_001, 300_001,
-                     600_000, 600_001, -3000]),
+# A small pool of flows, so that packets of one flow repeat (both ways) and flows share addresses
+# and ports across protocols and families: (family, protocol, host a, host b, port a, port b).
+FLOWS = (
+    (4, "tcp", 0, 1, 1000, 80), (4, "tcp", 0, 1, 2000, 80), (6, "tcp", 0, 2, 1000, 80),
+    (4, "tcp", 2, 2, 1000, 2000), (4, "tcp", 1, 2, 80, 80),
+    (4, "udp", 0, 1, 1000, 80), (6, "udp", 0, 1, 1000, 80), (4, "udp", 2, 2, 53, 53),
+    (4, "udp", 1, 2, 2000, 53),
+    (4, "icmp", 0, 1, 1000, 0), (6, "icmp", 0, 1, 7, 0), (4, "icmp", 1, 0, 1000, 0),
+    (4, "gen", 0, 1, 0, 0), (6, "gen", 1, 2, 0, 0), (4, "gen", 2, 2, 0, 0),
+    (4, "sctp", 0, 1, 1000, 80),
 )
-OP = st.tuples(
-    st.sampled_from((4, 4, 6)),                 # family
-    st.sampled_from(PROTOS),
-    st.integers(0, 2), st.integers(0, 2),       # hosts (the same host at both ends is allowed)
-    st.sampled_from((1000, 2000)), st.sampled_from((80, 1000)),
-    st.integers(0, 8),                          # kind (TCP flags / ICMP request or reply / generic proto)
-    DT_MS,
-    st.integers(0, 2**32 - 1),                  # a fresh ISN, for SYNs
-    st.sampled_from((True,) * 6 + (False,)),    # commit
-)
+NO_TCP = tuple(i for i, f in enumerate(FLOWS) if f[1] != "tcp")
+SMALL_DT = [0, 0, 0, 1, 5, 100, 700, 1500, 2001, 2500]
+JUMP_DT = [10_000, 10_001, 29_999, 30_000, 30_001, 60_000, 120_000, 120_001, 300_001, 600_001, -3000]
+DT_MS = st.sampled_from(SMALL_DT * 6 + JUMP_DT)     # ms; about one packet in seven jumps
+
+
+def op_strategy(flows=tuple(range(len(FLOWS)))):
+    return st.tuples(
+        st.sampled_from(flows),
+        st.booleans(),                              # reversed (sent by host b)
+        st.sampled_from((0, 1, 2, 2, 3, 4, 4, 5, 6, 7, 8)),   # TCP segment / ICMP req or reply / proto
+        DT_MS,
+        st.integers(0, 2**32 - 1),                  # a fresh ISN, for SYNs
+        st.sampled_from((True,) * 6 + (False,)),    # commit
+    )
+
+
+OP = op_strategy()
+OP_NO_TCP = op_strategy(NO_TCP)
 
 
 def build(ops, no_commit_false=False) -> list[Pkt]:
@@ -337,7 +376,10 @@ def build(ops, no_commit_false=False) -> list[Pkt]:
     pkts = []
     ts = T0
     seqs: dict[tuple, list] = {}
-    for fam, proto, a, b, sp, dp, kind, dt, isn, commit in ops:
+    for flow, rev, kind, dt, isn, commit in ops:
+        fam, proto, a, b, sp, dp = FLOWS[flow]
+        if rev:
+            a, b, sp, dp = b, a, dp, sp
         ts = max(T0, ts + dt * MS)
         hosts = HOSTS4 if fam == 4 else HOSTS6
         src, dst = hosts[a], hosts[b]
@@ -349,7 +391,8 @@ def build(ops, no_commit_false=False) -> list[Pkt]:
         elif proto == "gen":
             pkts.append(gen_pkt(fam, GEN_PROTOS[kind % 2], src, dst, ts, commit))
         elif proto == "icmp":
-            pkts.append(icmp_pkt(fam, src, dst, kind % 3 != 2, sp, ts, commit))
+            ident = sp or dp
+            pkts.append(icmp_pkt(fam, src, dst, kind % 3 != 2, ident, ts, commit))
         else:
             fk = tcp_key(tcp_pkt(fam, src, dst, sp, dp, 0, 0, 0, 0))
             side = 0 if (src, sp) <= (dst, dp) else 1
@@ -405,8 +448,9 @@ SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, Heal
                 database=None)
 
 
-@settings(max_examples=60, **SETTINGS)
-@given(ops=st.lists(OP, min_size=1, max_size=250),
+@settings(max_examples=100, **SETTINGS)
+@given(ops=st.lists(OP, min_size=1, max_size=300) |
+       st.lists(OP, min_size=40, max_size=300),
        max_conns=st.one_of(st.integers(1, 64), st.sampled_from([100, 1000, 200_000])),
        sizes=st.lists(st.integers(1, 300), min_size=1, max_size=8),
        expire_every=st.sampled_from([0, 0, 1, 3]))
@@ -414,20 +458,19 @@ def test_random_mixed_workload(ops, max_conns, sizes, expire_every):
     reference_and_split(build(ops), max_conns, sizes, expire_every)
 
 
-@settings(max_examples=40, **SETTINGS)
-@given(ops=st.lists(OP.filter(lambda op: op[1] != "tcp"), min_size=1, max_size=250),
+@settings(max_examples=60, **SETTINGS)
+@given(ops=st.lists(OP_NO_TCP, min_size=1, max_size=300) | st.lists(OP_NO_TCP, min_size=40, max_size=300),
        max_conns=st.integers(1, 64),
        sizes=st.lists(st.integers(1, 300), min_size=1, max_size=8),
        expire_every=st.sampled_from([0, 1, 2]))
 def test_random_without_tcp_small_table(ops, max_conns, sizes, expire_every):
     """Without TCP the model decides every packet, table-full drops included, at any batch size."""
-    t = reference_and_split(build(ops), max_conns, sizes, expire_every)
-    assert t.stats()["drop"] >= 0
+    reference_and_split(build(ops), max_conns, sizes, expire_every)
 
 
 @pytest.mark.slow
-@settings(max_examples=1500, **SETTINGS)
-@given(ops=st.lists(OP, min_size=1, max_size=600),
+@settings(max_examples=600, **SETTINGS)
+@given(ops=st.lists(OP, min_size=1, max_size=100) | st.lists(OP, min_size=100, max_size=800),
        max_conns=st.one_of(st.integers(1, 64), st.sampled_from([100, 1000, 200_000])),
        sizes=st.lists(st.integers(1, 300), min_size=1, max_size=12),
        expire_every=st.sampled_from([0, 0, 1, 3]))
