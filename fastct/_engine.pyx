@@ -313,7 +313,9 @@ cdef class Engine:
             m.k[0], m.k[1], m.k[2], m.k[3] = m.k[2], m.k[3], m.k[0], m.k[1]
             m.k[4], m.rk4 = m.rk4, m.k[4]
             found = table_find(&self.t, &m)
-            if found != <int32_t>idx or m.dir != 1:
+            # A tuple that is its own reverse (a host to itself, same ports) is found as original.
+            if found != <int32_t>idx or (m.dir != 1 and (m.k[0] != m.k[2] or m.k[1] != m.k[3]
+                                                         or m.k[4] != m.rk4)):
                 problems.append(f"entry {idx} not found from its reply direction ({found})")
         return problems
 
@@ -575,6 +577,8 @@ cdef class Engine:
             e.bytes[0] = e.bytes[1] = 0
             e.expires = m.now
             e.last_seen = m.now
+            if m.proto != IP_PROTO_TCP:
+                memset(c, 0, sizeof(ct_cold))     # (TCP's tcp_new sets its own fields)
             c.start = m.now
             t.stats[ST_INSERT] += 1
             v = proto_packet(t, e, c, m)

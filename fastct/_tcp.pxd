@@ -265,11 +265,31 @@ cdef inline int tcp_in_window(ct_table *t, ct_entry *e, ct_cold *c, pkt_meta *m,
             e.retrans = 0
     return TW_ACCEPT
 
+# What the sequence number of an RST on a connection with a known max ACK says (kernel CLOSE case).
+cdef enum:
+    RST_OK = 0           # close as the table says
+    RST_INVALID = 1      # below what the peer already acknowledged
+    RST_KEEP_STATE = 2   # not exactly at the peer's max ACK on an established connection
+
+cdef inline int tcp_rst_seq_check(const ct_entry *e, const ct_cold *c, const pkt_meta *m,
+                                  uint8_t old_state) noexcept nogil:
+    cdef uint8_t r = 1 - m.dir
+    cdef bint established = old_state == TCP_ESTABLISHED and (e.status & IPS_ASSURED) != 0
+    if m.seq == 0 and not established:
+        return RST_OK
+    if seq_before(m.seq, c.td_maxack[r]):
+        return RST_INVALID
+    if not established or m.seq == c.td_maxack[r]:
+        return RST_OK
+    if last_index(c) == TI_ACK and last_dir(c) == m.dir and m.seq == c.last_end:
+        return RST_OK        # part of a train of RSTs following the last ACK
+    return RST_KEEP_STATE
+
 cdef inline int tcp_packet(ct_table *t, ct_entry *e, ct_cold *c, pkt_meta *m) noexcept nogil:
     """One packet of a TCP connection (the first included); kernel nf_conntrack_tcp_packet."""
     cdef uint8_t d = m.dir
     cdef uint8_t index, old_state, new_state, ld
-    cdef int res
+    cdef int res, rst
     cdef bint skip_window = False
     cdef int64_t timeout
     cdef const int64_t *to = t.timeouts
@@ -337,17 +357,11 @@ cdef inline int tcp_packet(ct_table *t, ct_entry *e, ct_cold *c, pkt_meta *m) no
             skip_window = True   # closing anyway (kernel tcp_can_early_drop)
         else:
             if (e.td_flags[1 - d] & TF_MAXACK_SET) and last_index(c) != TI_SYN:
-                if m.seq == 0 and not (old_state == TCP_ESTABLISHED and (e.status & IPS_ASSURED)):
-                    pass
-                elif seq_before(m.seq, c.td_maxack[1 - d]):
+                rst = tcp_rst_seq_check(e, c, m, old_state)
+                if rst == RST_INVALID:
                     m.reason = R_TCP_SEQ_UNDER
                     return V_INVALID
-                elif not (old_state == TCP_ESTABLISHED and (e.status & IPS_ASSURED)) or \
-                        m.seq == c.td_maxack[1 - d]:
-                    pass
-                elif last_index(c) == TI_ACK and last_dir(c) == d and m.seq == c.last_end:
-                    pass
-                else:
+                if rst == RST_KEEP_STATE:
                     new_state = old_state    # keep the state: a challenge ACK may follow
             if (((e.status & IPS_SEEN_REPLY) and last_index(c) == TI_SYN) or
                     (not (e.status & IPS_ASSURED) and last_index(c) == TI_ACK)) and m.ack == c.last_end:

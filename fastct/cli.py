@@ -20,7 +20,7 @@ LINKTYPE_NAMES = {0: "NULL", 1: "EN10MB", 9: "PPP", 101: "RAW", 104: "C_HDLC", 1
 
 
 class UsageError(Exception):
-    pass
+    """A bad argument found after parsing (exit status 2)."""
 
 
 def _int_arg(lo, hi, what):
