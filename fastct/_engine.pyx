@@ -75,6 +75,8 @@ def names():
         "status": [(fastct_status_names[i].decode(), fastct_status_values[i])
                    for i in range(FASTCT_N_STATUS_BITS)],
         "tcp_states": [fastct_tcp_state_names[i].decode() for i in range(TCP_N_STATES)],
+        "sctp_states": [fastct_sctp_state_names[i].decode() for i in range(SCTP_N_STATES)],
+        "dccp_states": [fastct_dccp_state_names[i].decode() for i in range(DCCP_N_STATES)],
         "timeouts": [(fastct_timeout_names[i].decode(), fastct_timeout_defaults[i]) for i in range(TO_N)],
         "reasons": [fastct_reason_names[i].decode() for i in range(R_N)],
         "stats": [fastct_stat_names[i].decode() for i in range(ST_N)],
@@ -217,6 +219,12 @@ cdef class Engine:
         if not 0 <= index < TO_N:
             raise IndexError(index)
         return self.t.timeouts[index]
+
+    def set_options(self, checksum=None, dccp_tracker=None):
+        if checksum is not None:
+            self.t.checksum = 1 if checksum else 0
+        if dccp_tracker is not None:
+            self.t.dccp_tracker = 1 if dccp_tracker else 0
 
     def set_tcp(self, loose=None, be_liberal=None, max_retrans=None):
         if loose is not None:

@@ -158,8 +158,19 @@ cdef inline void parse_l4(const uint8_t *p, uint32_t l4, uint32_t l4len, uint32_
                 return
         sport = fastct_be16(p + l4 + 4)          # echo id
         dport = <uint16_t>(t << 8 | p[l4 + 1])  # type << 8 | code
-    # DCCP (no tracker in the 6.18 kernel), GRE (its tracker falls back to generic when the header
-    # cannot be read) and every other protocol: generic, no transport header read.
+    elif proto == IP_PROTO_GRE:
+        # Kernel gre_pkt_to_tuple: version 0 (or a header too short to read) has keys 0, like
+        # generic; version 1 (PPTP) must carry PPP and is keyed by its call id as the destination
+        # key.  The source key comes from the PPTP helper's keymap, which fastct does not have: 0.
+        if l4cap >= 8 and l4len >= 8 and (p[l4 + 1] & 0x07) == 1:
+            if fastct_be16(p + l4 + 2) != 0x880B:
+                _bad(m, R_GRE_BAD); return
+            dport = fastct_be16(p + l4 + 6)
+    # DCCP (no tracker in the 6.18 kernel: generic unless the dccp option keys it, see _dccp.pxd)
+    # and every other protocol: generic, no transport header read.
+    m.l4 = p + l4
+    m.l4len = l4len
+    m.l4cap = l4cap if l4cap < l4len else l4len
     m.k[4] = <uint64_t>sport | (<uint64_t>dport << 16) | (<uint64_t>proto << 56)
 
 cdef inline void parse_ipv4(const uint8_t *p, uint32_t off, uint32_t cap, uint32_t wire,
@@ -309,6 +320,10 @@ cdef inline void parse_frame(const uint8_t *p, uint32_t cap, uint32_t wire, uint
     m.iplen = 0
     m.proto = 0
     m.linktype = <uint16_t>linktype
+    m.pflags = 0
+    m.l4 = NULL
+    m.l4cap = 0
+    m.l4len = 0
     m.k[4] = 0
     if wire < cap:
         wire = cap    # a record whose wire length is below its captured length: trust the capture

@@ -11,6 +11,8 @@ from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
 from fastct._types cimport *
 from fastct._verdict cimport *
 from fastct._tcp cimport tcp_new, tcp_packet
+from fastct._sctp cimport sctp_new, sctp_packet
+from fastct._dccp cimport dccp_new, dccp_packet
 
 cdef inline uint8_t proto_new(ct_table *t, ct_entry *e, ct_cold *c, const pkt_meta *m) noexcept nogil:
     """May this packet start a connection?  R_VALID after initialising e's private state, else a reason."""
@@ -25,6 +27,10 @@ cdef inline uint8_t proto_new(ct_table *t, ct_entry *e, ct_cold *c, const pkt_me
     e.td_flags[0] = e.td_flags[1] = 0
     if proto == IP_PROTO_TCP:
         return tcp_new(t, e, c, m)
+    if proto == IP_PROTO_SCTP:
+        return sctp_new(t, e, c, m)
+    if proto == IP_PROTO_DCCP and t.dccp_tracker:
+        return dccp_new(t, e, c, m)
     if proto == IP_PROTO_ICMP or proto == IP_PROTO_ICMP6:
         # Only requests start a connection (kernel valid_new): echo, timestamp, info, address mask;
         # for ICMPv6 echo and node information queries.
@@ -51,6 +57,16 @@ cdef inline int udp_packet(ct_table *t, ct_entry *e, ct_cold *c, const pkt_meta 
         refresh(t, e, m, t.timeouts[TO_UDP])
     return V_ACCEPT
 
+cdef inline int gre_packet(ct_table *t, ct_entry *e, ct_cold *c, const pkt_meta *m) noexcept nogil:
+    # Kernel gre_packet: once a reply was seen (by an earlier packet), a stream: 180 s and
+    # [ASSURED]; before that 30 s.
+    if e.status & IPS_SEEN_REPLY:
+        refresh(t, e, m, t.timeouts[TO_GRE_STREAM])
+        e.status |= IPS_ASSURED
+    else:
+        refresh(t, e, m, t.timeouts[TO_GRE])
+    return V_ACCEPT
+
 cdef inline int proto_packet(ct_table *t, ct_entry *e, ct_cold *c, pkt_meta *m) noexcept nogil:
     cdef uint8_t proto = m.proto
     if proto == IP_PROTO_TCP:
@@ -63,5 +79,11 @@ cdef inline int proto_packet(ct_table *t, ct_entry *e, ct_cold *c, pkt_meta *m) 
     if proto == IP_PROTO_ICMP6:
         refresh(t, e, m, t.timeouts[TO_ICMPV6])
         return V_ACCEPT
+    if proto == IP_PROTO_SCTP:
+        return sctp_packet(t, e, c, m)
+    if proto == IP_PROTO_GRE:
+        return gre_packet(t, e, c, m)
+    if proto == IP_PROTO_DCCP and t.dccp_tracker:
+        return dccp_packet(t, e, c, m)
     refresh(t, e, m, t.timeouts[TO_GENERIC])
     return V_ACCEPT

@@ -31,14 +31,28 @@ cdef extern from "ct_defs.h" nogil:
         TCP_NONE, TCP_SYN_SENT, TCP_SYN_RECV, TCP_ESTABLISHED, TCP_FIN_WAIT, TCP_CLOSE_WAIT
         TCP_LAST_ACK, TCP_TIME_WAIT, TCP_CLOSE, TCP_SYN_SENT2, TCP_N_STATES
     enum:
+        SCTP_NONE, SCTP_CLOSED, SCTP_COOKIE_WAIT, SCTP_COOKIE_ECHOED, SCTP_ESTABLISHED
+        SCTP_SHUTDOWN_SENT, SCTP_SHUTDOWN_RECD, SCTP_SHUTDOWN_ACK_SENT, SCTP_HEARTBEAT_SENT
+        SCTP_N_STATES
+    enum:
+        DCCP_NONE, DCCP_REQUEST, DCCP_RESPOND, DCCP_PARTOPEN, DCCP_OPEN, DCCP_CLOSEREQ
+        DCCP_CLOSING, DCCP_TIMEWAIT, DCCP_IGNORE, DCCP_INVALID, DCCP_N_STATES
+    enum:
         TO_TCP_NONE, TO_TCP_SYN_SENT, TO_TCP_SYN_RECV, TO_TCP_ESTABLISHED, TO_TCP_FIN_WAIT
         TO_TCP_CLOSE_WAIT, TO_TCP_LAST_ACK, TO_TCP_TIME_WAIT, TO_TCP_CLOSE, TO_TCP_SYN_SENT2
-        TO_TCP_MAX_RETRANS, TO_TCP_UNACK, TO_UDP, TO_UDP_STREAM, TO_ICMP, TO_ICMPV6, TO_GENERIC, TO_N
+        TO_TCP_MAX_RETRANS, TO_TCP_UNACK, TO_UDP, TO_UDP_STREAM, TO_ICMP, TO_ICMPV6, TO_GENERIC
+        TO_GRE, TO_GRE_STREAM, TO_SCTP_NONE, TO_SCTP_CLOSED, TO_SCTP_COOKIE_WAIT
+        TO_SCTP_COOKIE_ECHOED, TO_SCTP_ESTABLISHED, TO_SCTP_SHUTDOWN_SENT, TO_SCTP_SHUTDOWN_RECD
+        TO_SCTP_SHUTDOWN_ACK_SENT, TO_SCTP_HEARTBEAT_SENT, TO_DCCP_NONE, TO_DCCP_REQUEST
+        TO_DCCP_RESPOND, TO_DCCP_PARTOPEN, TO_DCCP_OPEN, TO_DCCP_CLOSEREQ, TO_DCCP_CLOSING
+        TO_DCCP_TIMEWAIT, TO_N
     enum:
         R_VALID, R_L2_TRUNCATED, R_VLAN_TRUNCATED, R_IP_TRUNCATED, R_IP_BAD_VERSION, R_IP_BAD_HLEN
         R_IP_BAD_LEN, R_IP6_EXT_TRUNCATED, R_IP6_EXT_TOO_MANY, R_IP6_NO_NEXT, R_L4_TRUNCATED, R_UDP_BAD_LEN, R_TCP_BAD_DOFF
         R_TCP_BAD_FLAGS, R_TCP_INVALID_STATE, R_TCP_SEQ_OVER, R_TCP_SEQ_UNDER, R_TCP_ACK_OVER
-        R_TCP_ACK_UNDER, R_TCP_NO_NEW, R_ICMP_NO_NEW, R_ICMP_ERROR, R_FRAGMENT, R_TABLE_FULL
+        R_TCP_ACK_UNDER, R_TCP_NO_NEW, R_ICMP_NO_NEW, R_ICMP_ERROR, R_ICMP_ERROR_BAD
+        R_ICMP_ERROR_DADDR, R_ICMP_UNKNOWN_TYPE, R_CHECKSUM, R_SCTP_INVALID, R_SCTP_NO_NEW
+        R_DCCP_INVALID, R_DCCP_NO_NEW, R_GRE_BAD, R_FRAGMENT, R_TABLE_FULL
         R_CHAIN_TOO_LONG, R_TIME_BACKWARDS, R_N
     enum:
         ST_FOUND, ST_INVALID, ST_INSERT, ST_INSERT_FAILED, ST_DROP, ST_EARLY_DROP, ST_ERROR
@@ -49,6 +63,8 @@ cdef extern from "ct_defs.h" nogil:
     const char *fastct_status_names[]
     const int fastct_status_values[]
     const char *fastct_tcp_state_names[]
+    const char *fastct_sctp_state_names[]
+    const char *fastct_dccp_state_names[]
     const char *fastct_timeout_names[]
     const int64_t fastct_timeout_defaults[]
     const char *fastct_reason_names[]
@@ -155,6 +171,15 @@ cdef struct pkt_meta:
     uint8_t ct_state        # output
     uint8_t proto           # IP protocol (duplicated from k[4] for quick dispatch)
     uint16_t linktype       # the frame's link type (for the skipped-link-type counter)
+    uint8_t pflags          # PF_* bits below
+    uint8_t l3hlen_q        # IPv4 header length / 4 (for checksums)
+    const uint8_t *l4       # the transport header in the batch buffer (valid during the batch)
+    uint32_t l4cap          # bytes of it captured (never read past this)
+    uint32_t l4len          # its length by the IP header
+
+# pkt_meta.pflags
+cdef enum:
+    PF_RELATED = 0x01       # an ICMP/ICMPv6 error: k[] is the quoted packet's tuple
 
 # The table: entries, cold data and the open-addressing index, plus counters.  The arrays are numpy
 # arrays owned by the engine object; this struct holds raw pointers so the batch loop needs no GIL.
@@ -175,6 +200,8 @@ cdef struct ct_table:
     uint32_t tcp_loose      # nf_conntrack_tcp_loose
     uint32_t tcp_be_liberal # nf_conntrack_tcp_be_liberal
     uint32_t tcp_max_retrans
+    uint32_t checksum       # nf_conntrack_checksum (fastct's default 0: captures carry offloaded sums)
+    uint32_t dccp_tracker   # track DCCP with the pre-6.16 kernel's state machine (default: generic)
     uint64_t seed[4]        # hash key
     int64_t now             # newest packet time seen, ns
     int64_t timeouts[TO_N]  # ns

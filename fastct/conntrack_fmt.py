@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fastct.tracker import STATUS_BITS, TCP_STATES, format_addr
+from fastct.tracker import DCCP_STATES, SCTP_STATES, STATUS_BITS, TCP_STATES, format_addr
 
 L3_NAMES = {2: "ipv4", 10: "ipv6"}
 # conntrack's protocol names; any other number prints as "unknown".
@@ -32,13 +32,14 @@ def order_oldest_first(entries: np.ndarray, start: np.ndarray) -> np.ndarray:
     return np.lexsort(keys)
 
 
-def _l4_fields(proto: int, sport: int, dport: int) -> str:
-    if proto in PORT_PROTOCOLS:
+def _l4_fields(proto: int, sport: int, dport: int, state: int) -> str:
+    # DCCP has ports only when the dccp option's tracker keyed it (state > 0); as generic, none.
+    if proto in PORT_PROTOCOLS or (proto == 33 and state):
         return f"sport={sport} dport={dport} "
     if proto in ICMP_INVERSE:
         return f"type={dport >> 8} code={dport & 0xFF} id={sport} "
     if proto == 47:
-        return "srckey=0x0 dstkey=0x0 "
+        return f"srckey={sport:#x} dstkey={dport:#x} "
     return ""
 
 
@@ -51,9 +52,14 @@ def format_entry(e, start_ns: int, now_ns: int) -> str:
     dst = format_addr(e["dst"], l3)
     timeout = (int(e["expires"]) - now_ns) // NS
     parts = [f"{L3_NAMES.get(l3, 'unknown'):<8} {l3} {L4_NAMES.get(proto, 'unknown'):<8} {proto} {timeout} "]
+    state = int(e["state"])
     if proto == 6:
-        parts.append(TCP_STATES[int(e["state"])] + " ")
-    parts.append(f"src={src} dst={dst} {_l4_fields(proto, sport, dport)}")
+        parts.append(TCP_STATES[state] + " ")
+    elif proto == 132:
+        parts.append(SCTP_STATES[state] + " ")
+    elif proto == 33 and state:
+        parts.append(DCCP_STATES[state] + " ")
+    parts.append(f"src={src} dst={dst} {_l4_fields(proto, sport, dport, state)}")
     parts.append(f"packets={int(e['packets'][0])} bytes={int(e['bytes'][0])} ")
     if not status & SEEN_REPLY:
         parts.append("[UNREPLIED] ")
@@ -62,7 +68,7 @@ def format_entry(e, start_ns: int, now_ns: int) -> str:
         rsport, rdport = sport, (rtype << 8) | (dport & 0xFF)
     else:
         rsport, rdport = dport, sport
-    parts.append(f"src={dst} dst={src} {_l4_fields(proto, rsport, rdport)}")
+    parts.append(f"src={dst} dst={src} {_l4_fields(proto, rsport, rdport, state)}")
     parts.append(f"packets={int(e['packets'][1])} bytes={int(e['bytes'][1])} ")
     if status & ASSURED:
         parts.append("[ASSURED] ")

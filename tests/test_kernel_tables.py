@@ -12,7 +12,6 @@ from conntrack_lines import parse_table
 # Connections whose protocol tracker comes with the protocol-tracking issue (GRE keys and
 # timeouts, SCTP states); everything else must match now.
 PENDING = {
-    ("bigendian-pcap_pptp_tcp-ctrl_gre-v1", 47): "GRE tracker (30 s / 180 s) not built yet",
     ("bigendian-pcap_sctp_association", 132): "SCTP state machine not built yet",
 }
 

@@ -52,8 +52,36 @@
     X(TCP_CLOSE, "CLOSE") \
     X(TCP_SYN_SENT2, "SYN_SENT2")
 
+/* SCTP conntrack states (kernel enum sctp_conntrack, 6.x: HEARTBEAT_ACKED is gone) and the names
+ * conntrack prints. */
+#define FASTCT_SCTP_STATES(X) \
+    X(SCTP_NONE, "NONE") \
+    X(SCTP_CLOSED, "CLOSED") \
+    X(SCTP_COOKIE_WAIT, "COOKIE_WAIT") \
+    X(SCTP_COOKIE_ECHOED, "COOKIE_ECHOED") \
+    X(SCTP_ESTABLISHED, "ESTABLISHED") \
+    X(SCTP_SHUTDOWN_SENT, "SHUTDOWN_SENT") \
+    X(SCTP_SHUTDOWN_RECD, "SHUTDOWN_RECD") \
+    X(SCTP_SHUTDOWN_ACK_SENT, "SHUTDOWN_ACK_SENT") \
+    X(SCTP_HEARTBEAT_SENT, "HEARTBEAT_SENT")
+
+/* DCCP conntrack states of the kernels that had a DCCP tracker (enum ct_dccp_states, up to 6.15);
+ * used only with the dccp option, since 6.16+ tracks DCCP as generic. */
+#define FASTCT_DCCP_STATES(X) \
+    X(DCCP_NONE, "NONE") \
+    X(DCCP_REQUEST, "REQUEST") \
+    X(DCCP_RESPOND, "RESPOND") \
+    X(DCCP_PARTOPEN, "PARTOPEN") \
+    X(DCCP_OPEN, "OPEN") \
+    X(DCCP_CLOSEREQ, "CLOSEREQ") \
+    X(DCCP_CLOSING, "CLOSING") \
+    X(DCCP_TIMEWAIT, "TIMEWAIT") \
+    X(DCCP_IGNORE, "IGNORE") \
+    X(DCCP_INVALID, "INVALID")
+
 /* Timeouts, named as the kernel's sysctls without the "nf_conntrack_" prefix, with the Linux
- * defaults in seconds.  The TCP ones are in TCP state order so that TO_TCP_NONE + state indexes them. */
+ * defaults in seconds.  The TCP, SCTP and DCCP ones are in state order so that TO_TCP_NONE + state
+ * (TO_SCTP_NONE + state, TO_DCCP_NONE + state) indexes them. */
 #define FASTCT_TIMEOUTS(X) \
     X(TO_TCP_NONE, "tcp_timeout_none", 0) \
     X(TO_TCP_SYN_SENT, "tcp_timeout_syn_sent", 120) \
@@ -71,7 +99,26 @@
     X(TO_UDP_STREAM, "udp_timeout_stream", 120) \
     X(TO_ICMP, "icmp_timeout", 30) \
     X(TO_ICMPV6, "icmpv6_timeout", 30) \
-    X(TO_GENERIC, "generic_timeout", 600)
+    X(TO_GENERIC, "generic_timeout", 600) \
+    X(TO_GRE, "gre_timeout", 30) \
+    X(TO_GRE_STREAM, "gre_timeout_stream", 180) \
+    X(TO_SCTP_NONE, "sctp_timeout_none", 0) \
+    X(TO_SCTP_CLOSED, "sctp_timeout_closed", 10) \
+    X(TO_SCTP_COOKIE_WAIT, "sctp_timeout_cookie_wait", 3) \
+    X(TO_SCTP_COOKIE_ECHOED, "sctp_timeout_cookie_echoed", 3) \
+    X(TO_SCTP_ESTABLISHED, "sctp_timeout_established", 210) \
+    X(TO_SCTP_SHUTDOWN_SENT, "sctp_timeout_shutdown_sent", 3) \
+    X(TO_SCTP_SHUTDOWN_RECD, "sctp_timeout_shutdown_recd", 3) \
+    X(TO_SCTP_SHUTDOWN_ACK_SENT, "sctp_timeout_shutdown_ack_sent", 3) \
+    X(TO_SCTP_HEARTBEAT_SENT, "sctp_timeout_heartbeat_sent", 30) \
+    X(TO_DCCP_NONE, "dccp_timeout_none", 0) \
+    X(TO_DCCP_REQUEST, "dccp_timeout_request", 240) \
+    X(TO_DCCP_RESPOND, "dccp_timeout_respond", 240) \
+    X(TO_DCCP_PARTOPEN, "dccp_timeout_partopen", 480) \
+    X(TO_DCCP_OPEN, "dccp_timeout_open", 43200) \
+    X(TO_DCCP_CLOSEREQ, "dccp_timeout_closereq", 64) \
+    X(TO_DCCP_CLOSING, "dccp_timeout_closing", 64) \
+    X(TO_DCCP_TIMEWAIT, "dccp_timeout_timewait", 240)
 
 /* Why a packet got ct_state inv (or was not tracked): one counter each, reported by `--stats`. */
 #define FASTCT_REASONS(X) \
@@ -96,7 +143,16 @@
     X(R_TCP_ACK_UNDER, "TCP ACK is under the lower bound") \
     X(R_TCP_NO_NEW, "TCP packet cannot start a connection") \
     X(R_ICMP_NO_NEW, "ICMP type cannot start a connection") \
-    X(R_ICMP_ERROR, "ICMP error (related tracking not implemented yet)") \
+    X(R_ICMP_ERROR, "ICMP error quoting no known connection") \
+    X(R_ICMP_ERROR_BAD, "ICMP error with a truncated or unusable quoted packet") \
+    X(R_ICMP_ERROR_DADDR, "ICMP error whose outer destination is not the quoted packet's source") \
+    X(R_ICMP_UNKNOWN_TYPE, "ICMP type with no reply type and not an error") \
+    X(R_CHECKSUM, "checksum wrong (nf_conntrack_checksum=1)") \
+    X(R_SCTP_INVALID, "SCTP chunk invalid in this state or bad verification tag") \
+    X(R_SCTP_NO_NEW, "SCTP packet cannot start an association") \
+    X(R_DCCP_INVALID, "DCCP packet invalid in this state") \
+    X(R_DCCP_NO_NEW, "DCCP packet cannot start a connection") \
+    X(R_GRE_BAD, "GRE version 1 (PPTP) header not carrying PPP") \
     X(R_FRAGMENT, "IP fragment (reassembly not implemented yet)") \
     X(R_TABLE_FULL, "table full, packet dropped") \
     X(R_CHAIN_TOO_LONG, "probe chain too long, packet dropped") \
@@ -129,6 +185,8 @@
 enum fastct_ct_state_bit { FASTCT_CT_STATE_BITS(FASTCT_ENUM_VAL) };
 enum fastct_status_bit { FASTCT_STATUS_BITS(FASTCT_ENUM_VAL) };
 enum fastct_tcp_state { FASTCT_TCP_STATES(FASTCT_ENUM_SEQ) TCP_N_STATES };
+enum fastct_sctp_state { FASTCT_SCTP_STATES(FASTCT_ENUM_SEQ) SCTP_N_STATES };
+enum fastct_dccp_state { FASTCT_DCCP_STATES(FASTCT_ENUM_SEQ) DCCP_N_STATES };
 enum fastct_timeout { FASTCT_TIMEOUTS(FASTCT_ENUM_SEQ) TO_N };
 enum fastct_reason { FASTCT_REASONS(FASTCT_ENUM_SEQ) R_N };
 enum fastct_stat { FASTCT_STATS(FASTCT_ENUM_SEQ) ST_N };
@@ -141,6 +199,8 @@ static const int fastct_ct_state_values[] = { FASTCT_CT_STATE_BITS(FASTCT_VALUE_
 static const char *const fastct_status_names[] = { FASTCT_STATUS_BITS(FASTCT_NAME_3) };
 static const int fastct_status_values[] = { FASTCT_STATUS_BITS(FASTCT_VALUE_3) };
 static const char *const fastct_tcp_state_names[] = { FASTCT_TCP_STATES(FASTCT_NAME_2) };
+static const char *const fastct_sctp_state_names[] = { FASTCT_SCTP_STATES(FASTCT_NAME_2) };
+static const char *const fastct_dccp_state_names[] = { FASTCT_DCCP_STATES(FASTCT_NAME_2) };
 #define FASTCT_TO_NAME(name, str, secs) str,
 #define FASTCT_TO_SECS(name, str, secs) secs,
 static const char *const fastct_timeout_names[] = { FASTCT_TIMEOUTS(FASTCT_TO_NAME) };
