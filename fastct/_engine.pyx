@@ -466,7 +466,7 @@ cdef class Engine:
                 o_dir[i] = 0
                 if m.kind == PK_INVALID:
                     o_state[i] = CS_INV | CS_TRK
-                    t.stats[ST_INVALID] += 1
+                    t.stats[ST_ERROR if m.pflags & PF_ERROR_STAT else ST_INVALID] += 1
                     t.reasons[m.reason] += 1
                 elif m.kind == PK_NON_IP:
                     t.stats[ST_NON_IP] += 1
@@ -479,6 +479,22 @@ cdef class Engine:
             # Probed here, in packet order, so a connection an earlier packet of this batch created
             # or rebuilt (possibly reversed) is found as it is now.
             idx = table_find(t, m)
+            if m.pflags & PF_RELATED:
+                # An ICMP error quoting a packet of a connection: related to it, in the direction
+                # opposite to the quoted packet's.  Not counted, no refresh, SEEN_REPLY untouched
+                # (kernel nf_conntrack_inet_error); quoting no live connection counts in `error`.
+                if idx >= 0 and t.e[idx].expires > m.now:
+                    found += 1
+                    o_dir[i] = 1 - m.dir
+                    o_state[i] = CS_TRK | CS_REL | (CS_RPL if m.dir == DIR_ORIGINAL else 0)
+                    o_entry[i] = idx
+                else:
+                    o_state[i] = CS_INV | CS_TRK
+                    o_entry[i] = -1
+                    o_dir[i] = 0
+                    t.stats[ST_ERROR] += 1
+                    t.reasons[R_ICMP_ERROR] += 1
+                continue
             if idx >= 0 and t.e[idx].expires <= m.now:
                 # Dead but not yet swept: the kernel would not find it.  Its slot is reused below if
                 # this packet starts a new connection (same tuple, same hash, same slot).

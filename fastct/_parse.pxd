@@ -84,6 +84,100 @@ cdef inline bint proto_has_ports(uint8_t proto) noexcept nogil:
     return proto == IP_PROTO_TCP or proto == IP_PROTO_UDP or proto == IP_PROTO_UDPLITE or \
         proto == IP_PROTO_SCTP
 
+cdef inline void _bad_error(pkt_meta *m, uint8_t reason) noexcept nogil:
+    """Refused by the kernel's ICMP error handler: ct_state inv, counted in `error`."""
+    m.kind = PK_INVALID
+    m.reason = reason
+    m.pflags |= PF_ERROR_STAT
+
+cdef inline bint inner_l4_key(const uint8_t *q, uint32_t cap, uint8_t proto, pkt_meta *m) noexcept nogil:
+    """The transport part of a quoted packet's tuple (kernel nf_ct_get_tuple on the embedded
+    header): ports need 4 bytes, ICMP 8; anything else keys as generic.  False if unusable."""
+    cdef uint16_t sport = 0, dport = 0
+    cdef uint8_t t
+    if proto == IP_PROTO_TCP or proto == IP_PROTO_UDP or proto == IP_PROTO_UDPLITE or \
+            proto == IP_PROTO_SCTP:
+        if cap < 4:
+            return False
+        sport = fastct_be16(q)
+        dport = fastct_be16(q + 2)
+    elif proto == IP_PROTO_ICMP or proto == IP_PROTO_ICMP6:
+        if cap < 8:
+            return False
+        t = q[0]
+        # An error quoting an error, or a type with no reply type, has no tuple to invert.
+        if icmp_inverse_type(proto, t) == 0xFF:
+            return False
+        sport = fastct_be16(q + 4)
+        dport = <uint16_t>(t << 8 | q[1])
+    elif proto == IP_PROTO_GRE:
+        if cap >= 8 and (q[1] & 0x07) == 1:
+            if fastct_be16(q + 2) != 0x880B:
+                return False
+            dport = fastct_be16(q + 6)
+    m.proto = proto
+    m.k[4] = <uint64_t>sport | (<uint64_t>dport << 16) | (<uint64_t>proto << 56)
+    return True
+
+cdef inline void parse_icmp_error(const uint8_t *q, uint32_t cap, uint8_t l3, pkt_meta *m) noexcept nogil:
+    """An ICMP/ICMPv6 error: `q` is the quoted packet (`cap` bytes captured).  Its tuple goes into
+    m.k and the engine looks it up (kernel nf_conntrack_inet_error).  The error must travel to the
+    quoted packet's source: the kernel compares the outer destination with the connection's."""
+    cdef uint32_t ihl, pos, hlen, n
+    cdef uint8_t nh
+    cdef uint64_t odst0 = m.k[2], odst1 = m.k[3]
+    if l3 == L3_IPV4:
+        if cap < 20 or (q[0] >> 4) != 4:
+            _bad_error(m, R_ICMP_ERROR_BAD); return
+        ihl = (q[0] & 0x0F) * 4
+        if ihl < 20 or ihl > cap or (fastct_be16(q + 6) & 0x1FFF):
+            _bad_error(m, R_ICMP_ERROR_BAD); return
+        m.k[0] = fastct_load32(q + 12)
+        m.k[1] = 0
+        m.k[2] = fastct_load32(q + 16)
+        m.k[3] = 0
+        if not inner_l4_key(q + ihl, cap - ihl, q[9], m):
+            _bad_error(m, R_ICMP_ERROR_BAD); return
+    else:
+        if cap < 40 or (q[0] >> 4) != 6:
+            _bad_error(m, R_ICMP_ERROR_BAD); return
+        m.k[0] = fastct_load64(q + 8)
+        m.k[1] = fastct_load64(q + 16)
+        m.k[2] = fastct_load64(q + 24)
+        m.k[3] = fastct_load64(q + 32)
+        nh = q[6]
+        pos = 40
+        n = 0
+        while nh == 0 or nh == 43 or nh == 44 or nh == 60 or nh == 51:
+            n += 1
+            if n > 64 or pos + 8 > cap:
+                _bad_error(m, R_ICMP_ERROR_BAD); return
+            if nh == 44:
+                if fastct_be16(q + pos + 2) & 0xFFF8:      # not the first fragment: no ports
+                    _bad_error(m, R_ICMP_ERROR_BAD); return
+                hlen = 8
+            elif nh == 51:
+                hlen = (q[pos + 1] + 2) * 4
+            else:
+                hlen = (q[pos + 1] + 1) * 8
+            nh = q[pos]
+            pos += hlen
+        if nh == 59 or pos > cap or not inner_l4_key(q + pos, cap - pos, nh, m):
+            _bad_error(m, R_ICMP_ERROR_BAD); return
+    if m.k[0] != odst0 or m.k[1] != odst1:
+        _bad_error(m, R_ICMP_ERROR_DADDR); return
+    m.pflags |= PF_RELATED
+
+cdef inline void parse_icmp6_redirect(const uint8_t *p, uint32_t l4, uint32_t cap, pkt_meta *m) noexcept nogil:
+    """ICMPv6 redirect (code 0), kernel nf_conntrack_icmpv6_redirect: only from a link-local
+    router with hop limit 255; related to the connection its Redirected Header option quotes."""
+    cdef uint32_t o = 40                      # ICMPv6 header, target, destination
+    if m.hoplimit != 255 or (m.k[0] & 0xC0FF) != 0x80FE:
+        _bad_error(m, R_ICMP_ERROR_BAD); return
+    if cap < o + 8 or p[l4 + o] != 4 or p[l4 + o + 1] == 0:
+        _bad_error(m, R_ICMP_ERROR_BAD); return
+    parse_icmp_error(p + l4 + o + 8, cap - o - 8, L3_IPV6, m)
+
 cdef inline void parse_l4(const uint8_t *p, uint32_t l4, uint32_t l4len, uint32_t l4cap,
                           uint8_t proto, pkt_meta *m) noexcept nogil:
     """Transport header at p[l4]: `l4len` bytes by the IP header, `l4cap` of them captured."""
@@ -143,19 +237,29 @@ cdef inline void parse_l4(const uint8_t *p, uint32_t l4, uint32_t l4len, uint32_
         sport = fastct_be16(p + l4)
         dport = fastct_be16(p + l4 + 2)
     elif proto == IP_PROTO_ICMP or proto == IP_PROTO_ICMP6:
+        # The kernel's ICMP error handler runs first; what it refuses counts in `error`, not
+        # `invalid` (nf_conntrack_handle_icmp).
+        m.l4 = p + l4
+        m.l4len = l4len
+        m.l4cap = l4cap if l4cap < l4len else l4len
         if l4len < 8 or l4cap < 8:
-            _bad(m, R_L4_TRUNCATED); return
+            _bad_error(m, R_L4_TRUNCATED); return
         t = p[l4]
         if proto == IP_PROTO_ICMP:
+            if t > 18:
+                _bad_error(m, R_ICMP_UNKNOWN_TYPE); return
             if t == 3 or t == 4 or t == 5 or t == 11 or t == 12:
-                _bad(m, R_ICMP_ERROR); return
+                parse_icmp_error(p + l4 + 8, l4cap - 8, L3_IPV4, m); return
         else:
             if t < 128:
-                _bad(m, R_ICMP_ERROR); return
-            if (t >= 130 and t <= 136) or t == 143:
-                # Neighbour discovery and MLD: the kernel leaves these untracked.
+                parse_icmp_error(p + l4 + 8, l4cap - 8, L3_IPV6, m); return
+            if (t >= 130 and t <= 136) or t == 143 or t == 151 or t == 152:
+                # Neighbour discovery, MLD and multicast router discovery: untracked (kernel
+                # noct_valid_new).
                 m.kind = PK_UNTRACKED
                 return
+            if t == 137 and p[l4 + 1] == 0:
+                parse_icmp6_redirect(p, l4, l4cap, m); return
         sport = fastct_be16(p + l4 + 4)          # echo id
         dport = <uint16_t>(t << 8 | p[l4 + 1])  # type << 8 | code
     elif proto == IP_PROTO_GRE:
@@ -193,6 +297,7 @@ cdef inline void parse_ipv4(const uint8_t *p, uint32_t off, uint32_t cap, uint32
     m.k[2] = fastct_load32(p + off + 16)
     m.k[3] = 0
     m.iplen = tot
+    m.l3 = p + off
     if fastct_be16(p + off + 6) & 0x3FFF:
         _bad(m, R_FRAGMENT); return
     l4 = off + ihl
@@ -216,6 +321,8 @@ cdef inline void parse_ipv6(const uint8_t *p, uint32_t off, uint32_t cap, uint32
     m.k[2] = fastct_load64(p + off + 24)
     m.k[3] = fastct_load64(p + off + 32)
     m.iplen = 40 + plen
+    m.l3 = p + off
+    m.hoplimit = p[off + 7]
     nh = p[off + 6]
     pos = off + 40
     end = pos + plen
@@ -321,6 +428,8 @@ cdef inline void parse_frame(const uint8_t *p, uint32_t cap, uint32_t wire, uint
     m.proto = 0
     m.linktype = <uint16_t>linktype
     m.pflags = 0
+    m.hoplimit = 0
+    m.l3 = NULL
     m.l4 = NULL
     m.l4cap = 0
     m.l4len = 0

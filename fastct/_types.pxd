@@ -172,7 +172,8 @@ cdef struct pkt_meta:
     uint8_t proto           # IP protocol (duplicated from k[4] for quick dispatch)
     uint16_t linktype       # the frame's link type (for the skipped-link-type counter)
     uint8_t pflags          # PF_* bits below
-    uint8_t l3hlen_q        # IPv4 header length / 4 (for checksums)
+    uint8_t hoplimit        # IPv6 hop limit (redirects must carry 255)
+    const uint8_t *l3       # the IP header in the batch buffer (valid during the batch)
     const uint8_t *l4       # the transport header in the batch buffer (valid during the batch)
     uint32_t l4cap          # bytes of it captured (never read past this)
     uint32_t l4len          # its length by the IP header
@@ -180,6 +181,7 @@ cdef struct pkt_meta:
 # pkt_meta.pflags
 cdef enum:
     PF_RELATED = 0x01       # an ICMP/ICMPv6 error: k[] is the quoted packet's tuple
+    PF_ERROR_STAT = 0x02    # refused by the ICMP error handler: counted in `error`, not `invalid`
 
 # The table: entries, cold data and the open-addressing index, plus counters.  The arrays are numpy
 # arrays owned by the engine object; this struct holds raw pointers so the batch loop needs no GIL.

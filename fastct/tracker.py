@@ -40,6 +40,17 @@ def ct_state_names(value: int) -> list[str]:
     return [name for name, bit in CT_STATE_BITS.items() if value & bit]
 
 
+def state_name(proto: int, state: int) -> str | None:
+    """The protocol state's name as conntrack prints it (None for protocols without states)."""
+    if proto == 6:
+        return TCP_STATES[state]
+    if proto == 132:
+        return SCTP_STATES[state]
+    if proto == 33 and state:
+        return DCCP_STATES[state]
+    return None
+
+
 def status_names(value: int) -> list[str]:
     return [name for name, bit in STATUS_BITS.items() if value & bit]
 
@@ -259,7 +270,7 @@ class Tracker:
         rec["index"] = int(idx)
         rec["direction"] = "reply" if direction else "original"
         rec["start"] = int(c["start"])
-        rec["state_name"] = TCP_STATES[e["state"]] if e["proto"] == 6 else None
+        rec["state_name"] = state_name(int(e["proto"]), int(e["state"]))
         rec["status_names"] = status_names(int(e["status"]))
         rec["timeout"] = max(0, (int(e["expires"]) - self.now) // 1_000_000_000)
         return rec
