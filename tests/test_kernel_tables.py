@@ -29,10 +29,13 @@ def _capture(name):
 @pytest.mark.parametrize("name", TABLES)
 def test_matches_kernel_table(name):
     tables = shared_dir("kernel_tables")
-    out = subprocess.run([sys.executable, "-m", "fastct.cli", "track", str(_capture(name))],
+    out = subprocess.run([sys.executable, "-m", "fastct.cli", "track", "--stats", str(_capture(name))],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    ours = {(r["l3"], r["proto"], r["orig"]): r for r in parse_table(out.stdout)}
+    lines = out.stdout.splitlines()
+    stats_line = next(line for line in lines if line.startswith("cpu="))
+    ours = {(r["l3"], r["proto"], r["orig"]): r for r in parse_table(
+        "\n".join(line for line in lines if not line.startswith(("cpu=", "fastct:"))))}
     kernel = parse_table((tables / name / "conntrack_L.txt").read_text())
     problems = []
     for k in kernel:
@@ -49,4 +52,23 @@ def test_matches_kernel_table(name):
         if abs(o["timeout"] - k["timeout"]) > 2:
             problems.append(f"{key}: timeout {o['timeout']} != kernel {k['timeout']}")
     extra = [key for key in ours if (name, key[1]) not in PENDING]
+    # The kernel's counters that fastct shares (summed over its CPUs): packets refused, ICMP errors
+    # refused, packets dropped.
+    if not any(n == name for n, _ in PENDING):
+        kstats = _stat_sums((tables / name / "conntrack_S.txt").read_text())
+        fstats = _stat_sums(stats_line)
+        for stat in ("invalid", "error", "drop", "early_drop"):
+            if fstats[stat] != kstats[stat]:
+                problems.append(f"stat {stat}: {fstats[stat]} != kernel {kstats[stat]}")
     assert not problems and not extra, problems + [f"extra {e}" for e in extra]
+
+
+def _stat_sums(text):
+    sums = {}
+    for line in text.splitlines():
+        if not line.startswith("cpu="):
+            continue
+        for field in line.split()[1:]:
+            name, _, value = field.partition("=")
+            sums[name] = sums.get(name, 0) + int(value)
+    return sums
