@@ -19,6 +19,7 @@ from fastct._table cimport (table_find, table_candidate, slot_insert, sweep_expi
                             reclaim_dead, entry_forget, migrate_step)
 from fastct._verdict cimport V_ACCEPT, V_INVALID, V_REOPEN
 from fastct._proto cimport proto_new, proto_packet
+from fastct._checksum cimport check_sums
 
 cnp.import_array()
 
@@ -438,6 +439,8 @@ cdef class Engine:
             m.now = t.now
             m.idx = -1
             m.dir = 0
+            if t.checksum and m.kind == PK_TRACK:
+                check_sums(m)
             if m.kind == PK_TRACK:
                 zbits = <uint64_t>(m.vlan if zone_from_vlan else zone) << 32
                 m.k[4] |= zbits

@@ -231,6 +231,9 @@ cdef inline void parse_l4(const uint8_t *p, uint32_t l4, uint32_t l4len, uint32_
         elif ulen != 0 and (ulen < 8 or ulen > l4len):
             # UDP-Lite: the field is the checksum coverage; 0 means the whole packet.
             _bad(m, R_UDP_BAD_LEN); return
+        elif fastct_be16(p + l4 + 6) == 0:
+            # UDP-Lite mandates a checksum; the kernel refuses a zero one whatever the sysctl.
+            _bad(m, R_UDPLITE_NO_CSUM); return
     elif proto == IP_PROTO_SCTP:
         if l4len < 12 or l4cap < 12:
             _bad(m, R_L4_TRUNCATED); return

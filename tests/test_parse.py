@@ -84,8 +84,8 @@ def ipv6(payload, nh=P_UDP, src=A6, dst=B6, plen=None):
     return struct.pack("!IHBB16s16s", 6 << 28, plen, nh, 64, ip6(src), ip6(dst)) + payload
 
 
-def udp(sport=5000, dport=53, data=b"q" * 8, ulen=None):
-    return struct.pack("!HHHH", sport, dport, 8 + len(data) if ulen is None else ulen, 0) + data
+def udp(sport=5000, dport=53, data=b"q" * 8, ulen=None, csum=0):
+    return struct.pack("!HHHH", sport, dport, 8 + len(data) if ulen is None else ulen, csum) + data
 
 
 def tcp(sport=40000, dport=80, flags=SYN, seq=1000, ack=0, opts=b"", doff=None, data=b"", win=65535):
@@ -634,7 +634,8 @@ def test_udp_header_truncated(n):
 
 @pytest.mark.parametrize("cov", [0, 8, 12, 16])
 def test_udplite_coverage_ok(cov):
-    t, st = one(eth(ipv4(udp(ulen=cov), P_UDPLITE)))
+    # (The checksum is not checked by default, but UDP-Lite must carry one.)
+    t, st = one(eth(ipv4(udp(ulen=cov, csum=0x1234), P_UDPLITE)))
     assert st == TRK | NEW
     rec = t.lookup(A4, B4, "udplite", 5000, 53)
     assert rec["proto"] == P_UDPLITE and rec["bytes"] == [36, 0]
@@ -644,6 +645,11 @@ def test_udplite_coverage_ok(cov):
 @pytest.mark.parametrize("cov", [1, 7, 17])
 def test_udplite_coverage_bad(cov):
     assert_invalid(eth(ipv4(udp(ulen=cov), P_UDPLITE)), R_UDPLEN)
+
+
+def test_udplite_checksum_missing():
+    # Kernel udplite_error: "checksum missing", whatever nf_conntrack_checksum says.
+    assert_invalid(eth(ipv4(udp(ulen=0, csum=0), P_UDPLITE)), "UDP-Lite checksum missing")
 
 
 def test_udplite_header_truncated():

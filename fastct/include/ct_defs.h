@@ -148,6 +148,8 @@
     X(R_ICMP_ERROR_DADDR, "ICMP error whose outer destination is not the quoted packet's source") \
     X(R_ICMP_UNKNOWN_TYPE, "ICMP type with no reply type and not an error") \
     X(R_CHECKSUM, "checksum wrong (nf_conntrack_checksum=1)") \
+    X(R_IP_CHECKSUM, "IPv4 header checksum wrong (nf_conntrack_checksum=1; the kernel drops it before conntrack)") \
+    X(R_UDPLITE_NO_CSUM, "UDP-Lite checksum missing") \
     X(R_SCTP_INVALID, "SCTP chunk invalid in this state or bad verification tag") \
     X(R_SCTP_NO_NEW, "SCTP packet cannot start an association") \
     X(R_DCCP_INVALID, "DCCP packet invalid in this state") \
