@@ -109,6 +109,8 @@ cdef class Engine:
     cdef readonly uint32_t max_conns
     cdef readonly object seed
     cdef readonly int64_t worst_grow_ns
+    cdef object _zone_map             # keeps the arrays t.zone_policy / t.policies point into
+    cdef object _policies
 
     def __cinit__(self, uint32_t max_conns, object seed, uint32_t initial_slots=MIN_SLOTS):
         cdef int i
@@ -221,7 +223,33 @@ cdef class Engine:
             raise IndexError(index)
         return self.t.timeouts[index]
 
-    def set_options(self, checksum=None, dccp_tracker=None):
+    def set_zone_policies(self, object zone_map, object policies):
+        """Per-zone timeouts: zone_map uint8[65536] (0: the table's own; k: policies[k - 1]) and
+        policies int64[n, TO_N] in ns; None, None removes them."""
+        if zone_map is None:
+            self.t.zone_policy = NULL
+            self.t.policies = NULL
+            self._zone_map = None
+            self._policies = None
+            return
+        zone_map = np.ascontiguousarray(zone_map, dtype=np.uint8)
+        policies = np.ascontiguousarray(policies, dtype=np.int64)
+        if zone_map.shape != (65536,) or policies.ndim != 2 or policies.shape[1] != TO_N or \
+                int(zone_map.max()) > policies.shape[0] or policies.shape[0] < 1:
+            raise ValueError("zone_map must be uint8[65536] indexing 1..n rows of policies[n, TO_N]")
+        self._zone_map = zone_map
+        self._policies = policies
+        self.t.policies = <const int64_t *><size_t>policies.ctypes.data
+        self.t.zone_policy = <const uint8_t *><size_t>zone_map.ctypes.data
+
+    def options(self):
+        return {"tcp_loose": self.t.tcp_loose, "tcp_be_liberal": self.t.tcp_be_liberal,
+                "tcp_ignore_invalid_rst": self.t.tcp_ignore_invalid_rst,
+                "tcp_max_retrans": self.t.tcp_max_retrans, "checksum": self.t.checksum}
+
+    def set_options(self, checksum=None, dccp_tracker=None, tcp_ignore_invalid_rst=None):
+        if tcp_ignore_invalid_rst is not None:
+            self.t.tcp_ignore_invalid_rst = 1 if tcp_ignore_invalid_rst else 0
         if checksum is not None:
             self.t.checksum = 1 if checksum else 0
         if dccp_tracker is not None:
@@ -424,7 +452,7 @@ cdef class Engine:
         cdef int v
         cdef int32_t reused
         cdef bint full
-        cdef uint8_t reason, st
+        cdef uint8_t reason, st, pol
         cdef Py_ssize_t ahead = HDR_PREFETCH if HDR_PREFETCH < left else left
         # Stage 1: parse, key, hash.  Headers are prefetched HDR_PREFETCH packets ahead.
         for i in range(cnt):
@@ -482,6 +510,11 @@ cdef class Engine:
             # Probed here, in packet order, so a connection an earlier packet of this batch created
             # or rebuilt (possibly reversed) is found as it is now.
             idx = table_find(t, m)
+            m.to = t.timeouts
+            if t.zone_policy != NULL:
+                pol = t.zone_policy[(m.k[4] >> 32) & 0xFFFF]
+                if pol:
+                    m.to = t.policies + (pol - 1) * TO_N
             if m.pflags & PF_RELATED:
                 # An ICMP error quoting a packet of a connection: related to it, in the direction
                 # opposite to the quoted packet's.  Not counted, no refresh, SEEN_REPLY untouched

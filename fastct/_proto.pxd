@@ -49,22 +49,22 @@ cdef inline int udp_packet(ct_table *t, ct_entry *e, ct_cold *c, const pkt_meta 
     # first reply itself still gets the unreplied timeout).
     if e.status & IPS_SEEN_REPLY:
         if (e.status & IPS_ASSURED) or m.now > c.start + 2000000000:
-            refresh(t, e, m, t.timeouts[TO_UDP_STREAM])
+            refresh(t, e, m, m.to[TO_UDP_STREAM])
             e.status |= IPS_ASSURED
         else:
-            refresh(t, e, m, t.timeouts[TO_UDP])
+            refresh(t, e, m, m.to[TO_UDP])
     else:
-        refresh(t, e, m, t.timeouts[TO_UDP])
+        refresh(t, e, m, m.to[TO_UDP])
     return V_ACCEPT
 
 cdef inline int gre_packet(ct_table *t, ct_entry *e, ct_cold *c, const pkt_meta *m) noexcept nogil:
     # Kernel gre_packet: once a reply was seen (by an earlier packet), a stream: 180 s and
     # [ASSURED]; before that 30 s.
     if e.status & IPS_SEEN_REPLY:
-        refresh(t, e, m, t.timeouts[TO_GRE_STREAM])
+        refresh(t, e, m, m.to[TO_GRE_STREAM])
         e.status |= IPS_ASSURED
     else:
-        refresh(t, e, m, t.timeouts[TO_GRE])
+        refresh(t, e, m, m.to[TO_GRE])
     return V_ACCEPT
 
 cdef inline int proto_packet(ct_table *t, ct_entry *e, ct_cold *c, pkt_meta *m) noexcept nogil:
@@ -74,10 +74,10 @@ cdef inline int proto_packet(ct_table *t, ct_entry *e, ct_cold *c, pkt_meta *m) 
     if proto == IP_PROTO_UDP or proto == IP_PROTO_UDPLITE:
         return udp_packet(t, e, c, m)
     if proto == IP_PROTO_ICMP:
-        refresh(t, e, m, t.timeouts[TO_ICMP])
+        refresh(t, e, m, m.to[TO_ICMP])
         return V_ACCEPT
     if proto == IP_PROTO_ICMP6:
-        refresh(t, e, m, t.timeouts[TO_ICMPV6])
+        refresh(t, e, m, m.to[TO_ICMPV6])
         return V_ACCEPT
     if proto == IP_PROTO_SCTP:
         return sctp_packet(t, e, c, m)
@@ -85,5 +85,5 @@ cdef inline int proto_packet(ct_table *t, ct_entry *e, ct_cold *c, pkt_meta *m) 
         return gre_packet(t, e, c, m)
     if proto == IP_PROTO_DCCP and t.dccp_tracker:
         return dccp_packet(t, e, c, m)
-    refresh(t, e, m, t.timeouts[TO_GENERIC])
+    refresh(t, e, m, m.to[TO_GENERIC])
     return V_ACCEPT

@@ -271,13 +271,13 @@ cdef enum:
     RST_INVALID = 1      # below what the peer already acknowledged
     RST_KEEP_STATE = 2   # not exactly at the peer's max ACK on an established connection
 
-cdef inline int tcp_rst_seq_check(const ct_entry *e, const ct_cold *c, const pkt_meta *m,
-                                  uint8_t old_state) noexcept nogil:
+cdef inline int tcp_rst_seq_check(const ct_table *t, const ct_entry *e, const ct_cold *c,
+                                  const pkt_meta *m, uint8_t old_state) noexcept nogil:
     cdef uint8_t r = 1 - m.dir
     cdef bint established = old_state == TCP_ESTABLISHED and (e.status & IPS_ASSURED) != 0
     if m.seq == 0 and not established:
         return RST_OK
-    if seq_before(m.seq, c.td_maxack[r]):
+    if seq_before(m.seq, c.td_maxack[r]) and not t.tcp_ignore_invalid_rst:
         return RST_INVALID
     if not established or m.seq == c.td_maxack[r]:
         return RST_OK
@@ -292,7 +292,7 @@ cdef inline int tcp_packet(ct_table *t, ct_entry *e, ct_cold *c, pkt_meta *m) no
     cdef int res, rst
     cdef bint skip_window = False
     cdef int64_t timeout
-    cdef const int64_t *to = t.timeouts
+    cdef const int64_t *to = m.to
     if not fastct_tcp_valid_flags[m.tcpflags & 0x37]:
         m.reason = R_TCP_BAD_FLAGS
         return V_INVALID
@@ -357,7 +357,7 @@ cdef inline int tcp_packet(ct_table *t, ct_entry *e, ct_cold *c, pkt_meta *m) no
             skip_window = True   # closing anyway (kernel tcp_can_early_drop)
         else:
             if (e.td_flags[1 - d] & TF_MAXACK_SET) and last_index(c) != TI_SYN:
-                rst = tcp_rst_seq_check(e, c, m, old_state)
+                rst = tcp_rst_seq_check(t, e, c, m, old_state)
                 if rst == RST_INVALID:
                     m.reason = R_TCP_SEQ_UNDER
                     return V_INVALID
@@ -418,7 +418,7 @@ cdef inline void tcp_handle_invalid(ct_table *t, ct_entry *e, ct_cold *c, pkt_me
         left = e.expires - m.now
         if left < 120 * 1000000000LL:
             return
-        if left > t.timeouts[TO_TCP_UNACK]:
-            e.expires = m.now + t.timeouts[TO_TCP_UNACK]
+        if left > m.to[TO_TCP_UNACK]:
+            e.expires = m.now + m.to[TO_TCP_UNACK]
     else:
         set_last(c, index, m.dir)

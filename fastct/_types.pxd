@@ -175,6 +175,7 @@ cdef struct pkt_meta:
     uint8_t hoplimit        # IPv6 hop limit (redirects must carry 255)
     const uint8_t *l3       # the IP header in the batch buffer (valid during the batch)
     const uint8_t *l4       # the transport header in the batch buffer (valid during the batch)
+    const int64_t *to       # the timeouts for this packet's zone (ct_table.timeouts or a policy)
     uint32_t l4cap          # bytes of it captured (never read past this)
     uint32_t l4len          # its length by the IP header
 
@@ -204,6 +205,9 @@ cdef struct ct_table:
     uint32_t tcp_max_retrans
     uint32_t checksum       # nf_conntrack_checksum (fastct's default 0: captures carry offloaded sums)
     uint32_t dccp_tracker   # track DCCP with the pre-6.16 kernel's state machine (default: generic)
+    uint32_t tcp_ignore_invalid_rst
+    const uint8_t *zone_policy   # per zone: 0 the table's timeouts, k >= 1 policies[k - 1] (NULL: none)
+    const int64_t *policies      # timeout policies, TO_N values each (ns)
     uint64_t seed[4]        # hash key
     int64_t now             # newest packet time seen, ns
     int64_t timeouts[TO_N]  # ns

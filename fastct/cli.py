@@ -46,8 +46,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--stats", action="store_true", help="print conntrack -S counters after the table")
     t.add_argument("--zone", type=_int_arg(0, 65535, "--zone"), default=0, help="put all traffic in zone N")
     t.add_argument("--zone-from", choices=["vlan"], help="take the zone from the outer VLAN id")
-    t.add_argument("--max-conns", type=_int_arg(1, 2**31 - 1, "--max-conns"), default=262144,
+    t.add_argument("--max-conns", type=_int_arg(1, 2**31 - 1, "--max-conns"), default=None,
                    help="table size (nf_conntrack_max; default 262144)")
+    t.add_argument("--sysctl", action="append", default=[], metavar="NAME=VALUE",
+                   help="a kernel setting by its name, e.g. net.netfilter.nf_conntrack_tcp_loose=0 "
+                        "or nf_conntrack_udp_timeout=60 (repeatable); nf_conntrack_checksum defaults "
+                        "to 0 here (captures carry offloaded checksums)")
+    t.add_argument("--timeout-policy", action="append", default=[], metavar="ZONE:NAME=SECONDS",
+                   help="a timeout for connections of one zone, e.g. 5:udp_timeout=10 (repeatable)")
+    t.add_argument("--dccp-tracker", action="store_true",
+                   help="track DCCP with the state machine of kernels before 6.16 (default: as "
+                        "generic, as this kernel does)")
     t.add_argument("--batch-size", type=_int_arg(1, 1 << 20, "--batch-size"), default=4096,
                    help="packets per batch (results do not depend on it)")
     t.add_argument("--seed", type=_int_arg(0, 2**63 - 1, "--seed"), default=None,
@@ -84,8 +93,16 @@ def cmd_track(args) -> int:
     from fastct.conntrack_fmt import format_fastct_stats, format_stats, format_table
     from fastct.tracker import Tracker
 
+    from fastct.sysctl import parse_assignment, parse_timeout_policy
+
     try:
-        tracker = Tracker(max_conns=args.max_conns, seed=args.seed)
+        sysctl = dict(parse_assignment(a) for a in args.sysctl)
+        policies: dict[int, dict[str, int]] = {}
+        for text in args.timeout_policy:
+            zone, name, seconds = parse_timeout_policy(text)
+            policies.setdefault(zone, {})[name] = seconds
+        tracker = Tracker(max_conns=args.max_conns, seed=args.seed, sysctl=sysctl,
+                          timeout_policies=policies, dccp_tracker=args.dccp_tracker)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     error = None

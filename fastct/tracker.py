@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fastct import _engine
+from fastct import sysctl as sysctl_mod
 from fastct.batch import Batch
 
 _NAMES = _engine.names()
@@ -66,9 +67,10 @@ class Result:
 class Timeouts(MutableMapping):
     """The kernel's timeout sysctls by name (with or without the nf_conntrack_ prefix), in seconds."""
 
-    def __init__(self, engine):
+    def __init__(self, engine, on_change=None):
         self._engine = engine
         self._index = {name: i for i, name in enumerate(TIMEOUT_DEFAULTS)}
+        self._on_change = on_change
 
     def _key(self, name):
         key = name[len("nf_conntrack_"):] if name.startswith("nf_conntrack_") else name
@@ -88,6 +90,8 @@ class Timeouts(MutableMapping):
         if not 0 <= value <= 2**31:
             raise ValueError(f"timeout {name!r} must be between 0 and 2^31 seconds, not {seconds!r}")
         self._engine.set_timeout(self._index[key], int(round(value * 1e9)))
+        if self._on_change is not None:
+            self._on_change()
 
     def __delitem__(self, name):
         raise TypeError("timeouts cannot be deleted; set them instead")
@@ -136,9 +140,23 @@ class Tracker:
     >>> t.lookup("192.168.0.2", "10.0.0.2", "tcp", 1024, 2048)
     """
 
-    def __init__(self, max_conns: int = DEFAULT_MAX_CONNS, seed: int | None = None,
+    def __init__(self, max_conns: int | None = None, seed: int | None = None,
                  timeouts: dict | None = None, tcp_loose: bool = True, tcp_be_liberal: bool = False,
-                 tcp_max_retrans: int = 3, prefault: bool = False):
+                 tcp_max_retrans: int = 3, prefault: bool = False, sysctl: dict | None = None,
+                 timeout_policies: dict | None = None, dccp_tracker: bool = False):
+        """`sysctl` takes the kernel's net.netfilter.nf_conntrack_* names (fastct.sysctl); it is
+        applied after the keyword arguments, and nf_conntrack_max there is the table size.
+        `timeout_policies` is {zone: {timeout name: seconds}} (OVS-style per-zone timeouts).
+        `dccp_tracker` tracks DCCP with the state machine of kernels before 6.16 (default: as
+        generic, as this kernel does)."""
+        settings = sysctl_mod.normalise(sysctl)
+        if sysctl_mod.MAX_NAME in settings:
+            if max_conns is not None and max_conns != settings[sysctl_mod.MAX_NAME]:
+                raise ValueError(f"max_conns={max_conns} and nf_conntrack_max="
+                                 f"{settings[sysctl_mod.MAX_NAME]} disagree")
+            max_conns = settings[sysctl_mod.MAX_NAME]
+        if max_conns is None:
+            max_conns = DEFAULT_MAX_CONNS
         if isinstance(max_conns, bool) or not isinstance(max_conns, (int, np.integer)):
             raise ValueError(f"max_conns must be an integer, not {max_conns!r}")
         if not 1 <= max_conns <= MAX_MAX_CONNS:
@@ -157,13 +175,81 @@ class Tracker:
         except MemoryError:
             raise ValueError(f"cannot allocate a table for max_conns={max_conns}") from None
         self._engine.set_tcp(loose=tcp_loose, be_liberal=tcp_be_liberal, max_retrans=tcp_max_retrans)
-        self.timeouts = Timeouts(self._engine)
+        self._engine.set_options(checksum=False, dccp_tracker=bool(dccp_tracker))
+        self._policies: dict[int, dict[str, int]] = {}
+        self.timeouts = Timeouts(self._engine, on_change=self._apply_policies)
         for name, value in (timeouts or {}).items():
             self.timeouts[name] = value
+        self.set_sysctl(settings)
+        for zone, entries in (timeout_policies or {}).items():
+            self.timeout_policy(zone, entries)
         self.linktype_skipped = np.zeros(65536, dtype=np.uint64)
         if prefault:
             # Pay the kernel's first-touch cost for every entry now rather than per new connection.
             self._engine.prefault()
+
+    # ---- kernel settings ------------------------------------------------------------------
+    def set_sysctl(self, sysctl: dict) -> None:
+        """Apply kernel settings by name (see fastct.sysctl); nf_conntrack_max only at creation."""
+        settings = sysctl_mod.normalise(sysctl)
+        for key, value in settings.items():
+            if key == sysctl_mod.MAX_NAME:
+                if value != self._engine.max_conns:
+                    raise ValueError("nf_conntrack_max can only be set when the Tracker is created")
+            elif key == "tcp_loose":
+                self._engine.set_tcp(loose=value)
+            elif key == "tcp_be_liberal":
+                self._engine.set_tcp(be_liberal=value)
+            elif key == "tcp_max_retrans":
+                self._engine.set_tcp(max_retrans=value)
+            elif key == "tcp_ignore_invalid_rst":
+                self._engine.set_options(tcp_ignore_invalid_rst=value)
+            elif key == "checksum":
+                self._engine.set_options(checksum=value)
+            elif key in sysctl_mod.TIMEOUT_NAMES:
+                self.timeouts[key] = value
+
+    @property
+    def sysctl(self) -> dict[str, int]:
+        """The current settings under the kernel's full names."""
+        eng = self._engine
+        out = {"nf_conntrack_max": int(eng.max_conns)}
+        out.update({"nf_conntrack_" + k: int(v) for k, v in eng.options().items()})
+        out.update({"nf_conntrack_" + k: int(self.timeouts[k]) for k in self.timeouts})
+        return out
+
+    def timeout_policy(self, zone: int, timeouts: dict) -> None:
+        """Give connections of `zone` their own timeouts (the others keep the table's): the
+        per-zone timeout policies of Open vSwitch.  An empty dict removes the zone's policy."""
+        entries = dict(sysctl_mod.validate_policy_entry(zone, name, value)
+                       for name, value in timeouts.items())
+        if entries:
+            self._policies[zone] = {**self._policies.get(zone, {}), **entries}
+        else:
+            self._policies.pop(zone, None)
+        self._apply_policies()
+
+    @property
+    def timeout_policies(self) -> dict[int, dict[str, int]]:
+        return {z: dict(p) for z, p in self._policies.items()}
+
+    def _apply_policies(self) -> None:
+        if not getattr(self, "_policies", None):
+            self._engine.set_zone_policies(None, None)
+            return
+        if len(self._policies) > 255:
+            raise ValueError("at most 255 zones can have their own timeout policy")
+        names = list(TIMEOUT_DEFAULTS)
+        base = np.array([self._engine.get_timeout(i) for i in range(len(names))], dtype=np.int64)
+        zone_map = np.zeros(65536, dtype=np.uint8)
+        rows = []
+        for k, (zone, entries) in enumerate(sorted(self._policies.items()), start=1):
+            row = base.copy()
+            for key, seconds in entries.items():
+                row[names.index(key)] = seconds * 1_000_000_000
+            rows.append(row)
+            zone_map[zone] = k
+        self._engine.set_zone_policies(zone_map, np.array(rows, dtype=np.int64))
 
     # ---- the batch ------------------------------------------------------------------------
     def process(self, batch: Batch, zone: int = 0, commit: bool = True, zone_from_vlan: bool = False,

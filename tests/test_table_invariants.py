@@ -34,8 +34,9 @@ LINKTYPE_RAW = 101
 SEC = 1_000_000_000
 MS = 1_000_000
 T0 = 1_000 * SEC               # first packet time (ns)
-GEN_PROTOS = (253, 47)         # no ports: generic, keyed by addresses only
-TIMEOUT = {17: 30 * SEC, 1: 30 * SEC, 58: 30 * SEC}
+GEN_PROTOS = (253, 47)         # no ports (GRE version 0 has keys 0): keyed by addresses only
+TIMEOUT = {17: 30 * SEC, 1: 30 * SEC, 58: 30 * SEC, 47: 30 * SEC}
+GRE_STREAM = 180 * SEC
 UDP_STREAM = 120 * SEC
 GENERIC = 600 * SEC
 
@@ -169,6 +170,12 @@ class Model:
                     c.expires, c.assured = now + UDP_STREAM, True
                 else:
                     c.expires = now + TIMEOUT[17]
+            elif p.proto == 47:
+                # GRE: 30 s, or a stream (180 s, ASSURED) once an earlier packet was a reply.
+                if c.seen_reply:
+                    c.expires, c.assured = now + GRE_STREAM, True
+                else:
+                    c.expires = now + TIMEOUT[47]
             else:
                 c.expires = now + TIMEOUT.get(p.proto, GENERIC)
             c.packets[d] += 1
