@@ -16,7 +16,7 @@ from fastct._types cimport *
 from fastct._parse cimport parse_frame, tuple_reverse_k4, link_type_handled
 from fastct._flowkey cimport meta_hash, key_store, entry_hash
 from fastct._table cimport (table_find, table_candidate, slot_insert, sweep_expired, sweep_all,
-                            reclaim_dead, entry_forget, migrate_step)
+                            reclaim_dead, early_drop, entry_forget, migrate_step, zone_count_add)
 from fastct._verdict cimport V_ACCEPT, V_INVALID, V_REOPEN
 from fastct._proto cimport proto_new, proto_packet
 from fastct._checksum cimport check_sums
@@ -109,6 +109,8 @@ cdef class Engine:
     cdef readonly uint32_t max_conns
     cdef readonly object seed
     cdef readonly int64_t worst_grow_ns
+    cdef object _zone_limits          # keeps the arrays t.zone_limit / t.zone_count point into
+    cdef object _zone_counts
     cdef object _zone_map             # keeps the arrays t.zone_policy / t.policies point into
     cdef object _policies
 
@@ -127,6 +129,7 @@ cdef class Engine:
         self.t.tcp_loose = 1
         self.t.tcp_be_liberal = 0
         self.t.tcp_max_retrans = 3
+        self.t.early_drop = 1
         rng = np.random.default_rng(seed)
         self.seed = seed
         words = rng.integers(0, 2**63, size=4, dtype=np.int64).astype(np.uint64) * np.uint64(2) + np.uint64(1)
@@ -242,12 +245,36 @@ cdef class Engine:
         self.t.policies = <const int64_t *><size_t>policies.ctypes.data
         self.t.zone_policy = <const uint8_t *><size_t>zone_map.ctypes.data
 
+    def set_zone_limits(self, object limits):
+        """Per-zone connection limits: uint32[65536] (0: no limit), or None for none.  The per-zone
+        counts are taken from the entries now and kept up to date while limits are set."""
+        if limits is None:
+            self.t.zone_limit = NULL
+            self.t.zone_count = NULL
+            self._zone_limits = None
+            self._zone_counts = None
+            return
+        limits = np.ascontiguousarray(limits, dtype=np.uint32)
+        if limits.shape != (65536,):
+            raise ValueError("zone limits must be uint32[65536]")
+        counts = np.bincount(self.entries_view()["zone"], minlength=65536).astype(np.uint32)
+        self._zone_limits = limits
+        self._zone_counts = counts
+        self.t.zone_count = <uint32_t *><size_t>counts.ctypes.data
+        self.t.zone_limit = <const uint32_t *><size_t>limits.ctypes.data
+
+    def zone_counts(self):
+        """Entries per zone (dead ones not yet swept included), or None without zone limits."""
+        return None if self._zone_counts is None else self._zone_counts.copy()
+
     def options(self):
         return {"tcp_loose": self.t.tcp_loose, "tcp_be_liberal": self.t.tcp_be_liberal,
                 "tcp_ignore_invalid_rst": self.t.tcp_ignore_invalid_rst,
                 "tcp_max_retrans": self.t.tcp_max_retrans, "checksum": self.t.checksum}
 
-    def set_options(self, checksum=None, dccp_tracker=None, tcp_ignore_invalid_rst=None):
+    def set_options(self, checksum=None, dccp_tracker=None, tcp_ignore_invalid_rst=None, early_drop=None):
+        if early_drop is not None:
+            self.t.early_drop = 1 if early_drop else 0
         if tcp_ignore_invalid_rst is not None:
             self.t.tcp_ignore_invalid_rst = 1 if tcp_ignore_invalid_rst else 0
         if checksum is not None:
@@ -453,6 +480,7 @@ cdef class Engine:
         cdef int32_t reused
         cdef bint full
         cdef uint8_t reason, st, pol
+        cdef uint16_t zn
         cdef Py_ssize_t ahead = HDR_PREFETCH if HDR_PREFETCH < left else left
         # Stage 1: parse, key, hash.  Headers are prefetched HDR_PREFETCH packets ahead.
         for i in range(cnt):
@@ -597,10 +625,33 @@ cdef class Engine:
                 if idx >= 0:
                     e.expires = m.now
                 continue
-            if idx < 0 and full:
-                # Take a dead entry (unindexed and rebuilt where it is, so no other entry moves),
-                # else drop the packet as the kernel does when the table is full.
-                reused = reclaim_dead(t, m.now, 64)   # bounded: a flood into a full table stays cheap
+            zn = <uint16_t>((m.k[4] >> 32) & 0xFFFF)
+            if idx < 0 and t.zone_limit != NULL and t.zone_limit[zn] and \
+                    t.zone_count[zn] >= t.zone_limit[zn]:
+                # The zone is at its limit (OVS ct limits): a dead entry of the zone may make room,
+                # else the new connection is dropped.
+                reused = reclaim_dead(t, m.now, 256, zn)
+                if reused < 0:
+                    o_state[i] = CS_INV | CS_TRK
+                    o_entry[i] = -1
+                    o_dir[i] = 0
+                    t.stats[ST_DROP] += 1
+                    t.reasons[R_ZONE_LIMIT] += 1
+                    continue
+                zone_count_add(t, zn, -1)
+                if not full:
+                    memcpy(&t.e[reused], e, sizeof(ct_entry))
+                    memcpy(&t.cold[reused], c, sizeof(ct_cold))
+                    e = &t.e[reused]
+                    c = &t.cold[reused]
+            if idx < 0 and full and reused < 0:
+                # Table full (nf_conntrack_max): a dead entry or one that is not ASSURED near this
+                # connection's hash makes room (early_drop); else the packet is dropped, as the
+                # kernel does.  Bounded work: a flood into a full table stays cheap.
+                if t.early_drop:
+                    reused = early_drop(t, m.hash, m.now)
+                else:
+                    reused = reclaim_dead(t, m.now, 64, -1)
                 if reused < 0:
                     o_state[i] = CS_INV | CS_TRK
                     o_entry[i] = -1
@@ -608,11 +659,16 @@ cdef class Engine:
                     t.stats[ST_DROP] += 1
                     t.reasons[R_TABLE_FULL] += 1
                     continue
+                zone_count_add(t, t.e[reused].zone, -1)
+            if idx < 0 and full:
+                # Rebuilt where the reclaimed entry was, so no other entry moves.
                 memcpy(&t.e[reused], e, sizeof(ct_entry))
                 memcpy(&t.cold[reused], c, sizeof(ct_cold))
                 e = &t.e[reused]
                 c = &t.cold[reused]
             if idx < 0:
+                if reused >= 0:
+                    zone_count_add(t, zn, 1)        # (the counts cover entries[0:n] as they are)
                 if slot_insert(t, m.hash, <uint32_t>(reused if reused >= 0 else t.n)) < 0:
                     if reused >= 0:
                         entry_forget(t, <uint32_t>reused)   # never leave an unindexed entry behind
@@ -629,6 +685,7 @@ cdef class Engine:
                 else:
                     idx = <int32_t>t.n
                     t.n += 1
+                    zone_count_add(t, zn, 1)
             key_store(e, m)
             e.status = IPS_CONFIRMED
             e.mark = 0

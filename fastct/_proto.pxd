@@ -57,6 +57,15 @@ cdef inline int udp_packet(ct_table *t, ct_entry *e, ct_cold *c, const pkt_meta 
         refresh(t, e, m, m.to[TO_UDP])
     return V_ACCEPT
 
+cdef inline int udplite_packet(ct_table *t, ct_entry *e, ct_cold *c, const pkt_meta *m) noexcept nogil:
+    # Kernel udplite_packet: no 2 s rule; once a reply was seen, 120 s and [ASSURED].
+    if e.status & IPS_SEEN_REPLY:
+        refresh(t, e, m, m.to[TO_UDP_STREAM])
+        e.status |= IPS_ASSURED
+    else:
+        refresh(t, e, m, m.to[TO_UDP])
+    return V_ACCEPT
+
 cdef inline int gre_packet(ct_table *t, ct_entry *e, ct_cold *c, const pkt_meta *m) noexcept nogil:
     # Kernel gre_packet: once a reply was seen (by an earlier packet), a stream: 180 s and
     # [ASSURED]; before that 30 s.
@@ -71,8 +80,10 @@ cdef inline int proto_packet(ct_table *t, ct_entry *e, ct_cold *c, pkt_meta *m) 
     cdef uint8_t proto = m.proto
     if proto == IP_PROTO_TCP:
         return tcp_packet(t, e, c, m)
-    if proto == IP_PROTO_UDP or proto == IP_PROTO_UDPLITE:
+    if proto == IP_PROTO_UDP:
         return udp_packet(t, e, c, m)
+    if proto == IP_PROTO_UDPLITE:
+        return udplite_packet(t, e, c, m)
     if proto == IP_PROTO_ICMP:
         refresh(t, e, m, m.to[TO_ICMP])
         return V_ACCEPT

@@ -13,7 +13,7 @@ inserts go to the new one and lookups try the new one, then the old.
 Entries stay dense (entries[0:n] are all in use): deleting one moves the last entry into its place,
 which is what makes `entries()` a zero-copy view.
 """
-from libc.stdint cimport uint32_t, uint64_t, int32_t, int64_t
+from libc.stdint cimport uint16_t, uint32_t, uint64_t, int32_t, int64_t
 from libc.string cimport memcpy
 from fastct._types cimport *
 from fastct._flowkey cimport key_eq_orig, key_eq_reply, entry_hash
@@ -127,10 +127,16 @@ cdef inline void slot_delete(ct_table *t, uint64_t *slot) noexcept nogil:
     else:
         _delete_at(t.slots, t.mask, <uint64_t>(slot - t.slots))
 
+cdef inline void zone_count_add(ct_table *t, uint16_t zone, int delta) noexcept nogil:
+    """Per-zone entry counts (kept only while zone limits are set): they count entries[0:n]."""
+    if t.zone_count != NULL:
+        t.zone_count[zone] += <uint32_t>delta
+
 cdef inline void entry_forget(ct_table *t, uint32_t idx) noexcept nogil:
     """Drop entry idx, which is not in the index, moving the last entry into its place."""
     cdef uint32_t last = t.n - 1
     cdef uint64_t *slot
+    zone_count_add(t, t.e[idx].zone, -1)
     if idx != last:
         slot = slot_of(t, entry_hash(&t.e[last], t.seed), last)
         memcpy(&t.e[idx], &t.e[last], sizeof(ct_entry))
@@ -162,21 +168,58 @@ cdef inline uint32_t sweep_expired(ct_table *t, int64_t now, uint32_t budget) no
     t.stats[ST_EXPIRED] += removed
     return removed
 
-cdef inline int32_t reclaim_dead(ct_table *t, int64_t now, uint32_t budget) noexcept nogil:
-    """Find a dead entry (looking at up to `budget` from the sweep cursor), take it out of the index
-    and return its number for reuse in place; -1 if none was found."""
+cdef inline int32_t reclaim_dead(ct_table *t, int64_t now, uint32_t budget, int32_t zone) noexcept nogil:
+    """Find a dead entry (of `zone` unless it is -1) looking at up to `budget` from the sweep
+    cursor, take it out of the index and return its number for reuse in place; -1 if none."""
     cdef uint32_t k
     if budget > t.n:
         budget = t.n
     for k in range(budget):
         if t.sweep_pos >= t.n:
             t.sweep_pos = 0
-        if t.e[t.sweep_pos].expires <= now:
+        if t.e[t.sweep_pos].expires <= now and (zone < 0 or t.e[t.sweep_pos].zone == zone):
             slot_delete(t, slot_of(t, entry_hash(&t.e[t.sweep_pos], t.seed), t.sweep_pos))
             t.stats[ST_EXPIRED] += 1
             return <int32_t>t.sweep_pos
         t.sweep_pos += 1
     return -1
+
+cdef enum:
+    EVICTION_RANGE = 32     # index slots looked at from a new connection's home slot when full
+
+cdef inline int32_t early_drop(ct_table *t, uint64_t hash, int64_t now) noexcept nogil:
+    """Table full (kernel early_drop): look at the entries indexed near the new connection's home
+    slot, at most EVICTION_RANGE slots (the kernel looks at 8 hash buckets).  A dead one is taken
+    first; else the first that is not ASSURED is evicted (counted in early_drop).  The entry is
+    taken out of the index and its number returned for reuse in place; -1 if none may go.
+    The kernel deletes every non-ASSURED entry of the first bucket holding one; fastct evicts one,
+    which is all a new connection needs."""
+    cdef uint64_t i = (hash >> 32) & t.mask
+    cdef uint64_t victim_slot = 0, s
+    cdef uint32_t k
+    cdef int32_t victim = -1, idx
+    for k in range(EVICTION_RANGE):
+        s = t.slots[i]
+        if s != 0:
+            idx = <int32_t>((s & 0xFFFFFFFFULL) - 1)
+            if t.e[idx].expires <= now:
+                _delete_at(t.slots, t.mask, i)
+                t.stats[ST_EXPIRED] += 1
+                return idx
+            if victim < 0 and not (t.e[idx].status & IPS_ASSURED):
+                victim = idx
+                victim_slot = i
+        i = (i + 1) & t.mask
+    # Dead entries anywhere go before live ones (the kernel's garbage collector would have removed
+    # them already); the search from the sweep cursor is bounded.
+    idx = reclaim_dead(t, now, 64, -1)
+    if idx >= 0:
+        return idx
+    if victim >= 0:
+        # (Nothing was deleted, so the victim's slot has not moved.)
+        _delete_at(t.slots, t.mask, victim_slot)
+        t.stats[ST_EARLY_DROP] += 1
+    return victim
 
 cdef inline uint32_t sweep_all(ct_table *t, int64_t now) noexcept nogil:
     """Delete every entry dead at `now`."""

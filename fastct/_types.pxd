@@ -52,7 +52,7 @@ cdef extern from "ct_defs.h" nogil:
         R_TCP_BAD_FLAGS, R_TCP_INVALID_STATE, R_TCP_SEQ_OVER, R_TCP_SEQ_UNDER, R_TCP_ACK_OVER
         R_TCP_ACK_UNDER, R_TCP_NO_NEW, R_ICMP_NO_NEW, R_ICMP_ERROR, R_ICMP_ERROR_BAD
         R_ICMP_ERROR_DADDR, R_ICMP_UNKNOWN_TYPE, R_CHECKSUM, R_IP_CHECKSUM, R_UDPLITE_NO_CSUM, R_SCTP_INVALID, R_SCTP_NO_NEW
-        R_DCCP_INVALID, R_DCCP_NO_NEW, R_GRE_BAD, R_FRAGMENT, R_TABLE_FULL
+        R_DCCP_INVALID, R_DCCP_NO_NEW, R_GRE_BAD, R_FRAGMENT, R_TABLE_FULL, R_ZONE_LIMIT
         R_CHAIN_TOO_LONG, R_TIME_BACKWARDS, R_N
     enum:
         ST_FOUND, ST_INVALID, ST_INSERT, ST_INSERT_FAILED, ST_DROP, ST_EARLY_DROP, ST_ERROR
@@ -206,8 +206,11 @@ cdef struct ct_table:
     uint32_t checksum       # nf_conntrack_checksum (fastct's default 0: captures carry offloaded sums)
     uint32_t dccp_tracker   # track DCCP with the pre-6.16 kernel's state machine (default: generic)
     uint32_t tcp_ignore_invalid_rst
+    uint32_t early_drop     # table full: evict a non-ASSURED entry (kernel) or just drop (OVS userspace)
     const uint8_t *zone_policy   # per zone: 0 the table's timeouts, k >= 1 policies[k - 1] (NULL: none)
     const int64_t *policies      # timeout policies, TO_N values each (ns)
+    uint32_t *zone_count    # per zone: entries in entries[0:n] (NULL while no zone limit is set)
+    const uint32_t *zone_limit   # per zone: most entries allowed, 0 no limit (NULL: no limits)
     uint64_t seed[4]        # hash key
     int64_t now             # newest packet time seen, ns
     int64_t timeouts[TO_N]  # ns

@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "to 0 here (captures carry offloaded checksums)")
     t.add_argument("--timeout-policy", action="append", default=[], metavar="ZONE:NAME=SECONDS",
                    help="a timeout for connections of one zone, e.g. 5:udp_timeout=10 (repeatable)")
+    t.add_argument("--zone-limit", action="append", default=[], metavar="ZONE=N",
+                   help="at most N connections in a zone (ZONE may be 'default'), as Open vSwitch's "
+                        "ct limits (repeatable)")
     t.add_argument("--dccp-tracker", action="store_true",
                    help="track DCCP with the state machine of kernels before 6.16 (default: as "
                         "generic, as this kernel does)")
@@ -88,6 +91,16 @@ def main(argv=None) -> int:
     return EXIT_USAGE
 
 
+def _zone_limit(text: str):
+    zone, sep, n = text.partition("=")
+    try:
+        if not sep:
+            raise ValueError
+        return (zone if zone == "default" else int(zone, 10)), int(n, 10)
+    except ValueError:
+        raise ValueError(f"--zone-limit takes ZONE=N (ZONE a number or 'default'), not {text!r}") from None
+
+
 def cmd_track(args) -> int:
     from fastct.capture.reader import CaptureError, CaptureReader
     from fastct.conntrack_fmt import format_fastct_stats, format_stats, format_table
@@ -101,8 +114,10 @@ def cmd_track(args) -> int:
         for text in args.timeout_policy:
             zone, name, seconds = parse_timeout_policy(text)
             policies.setdefault(zone, {})[name] = seconds
+        limits = dict(_zone_limit(text) for text in args.zone_limit)
         tracker = Tracker(max_conns=args.max_conns, seed=args.seed, sysctl=sysctl,
-                          timeout_policies=policies, dccp_tracker=args.dccp_tracker)
+                          timeout_policies=policies, dccp_tracker=args.dccp_tracker,
+                          zone_limits=limits)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     error = None

@@ -143,10 +143,15 @@ class Tracker:
     def __init__(self, max_conns: int | None = None, seed: int | None = None,
                  timeouts: dict | None = None, tcp_loose: bool = True, tcp_be_liberal: bool = False,
                  tcp_max_retrans: int = 3, prefault: bool = False, sysctl: dict | None = None,
-                 timeout_policies: dict | None = None, dccp_tracker: bool = False):
+                 timeout_policies: dict | None = None, dccp_tracker: bool = False,
+                 zone_limits: dict | None = None, early_drop: bool = True):
         """`sysctl` takes the kernel's net.netfilter.nf_conntrack_* names (fastct.sysctl); it is
         applied after the keyword arguments, and nf_conntrack_max there is the table size.
         `timeout_policies` is {zone: {timeout name: seconds}} (OVS-style per-zone timeouts).
+        `zone_limits` is {zone or "default": most connections} (Open vSwitch's ct limits).
+        `early_drop`: when the table is full, evict an entry that is not ASSURED near the new
+        connection's hash, as the kernel does (True), or just drop the new connection, as Open
+        vSwitch's userspace conntrack does (False).
         `dccp_tracker` tracks DCCP with the state machine of kernels before 6.16 (default: as
         generic, as this kernel does)."""
         settings = sysctl_mod.normalise(sysctl)
@@ -175,7 +180,8 @@ class Tracker:
         except MemoryError:
             raise ValueError(f"cannot allocate a table for max_conns={max_conns}") from None
         self._engine.set_tcp(loose=tcp_loose, be_liberal=tcp_be_liberal, max_retrans=tcp_max_retrans)
-        self._engine.set_options(checksum=False, dccp_tracker=bool(dccp_tracker))
+        self._engine.set_options(checksum=False, dccp_tracker=bool(dccp_tracker),
+                                 early_drop=bool(early_drop))
         self._policies: dict[int, dict[str, int]] = {}
         self.timeouts = Timeouts(self._engine, on_change=self._apply_policies)
         for name, value in (timeouts or {}).items():
@@ -183,6 +189,9 @@ class Tracker:
         self.set_sysctl(settings)
         for zone, entries in (timeout_policies or {}).items():
             self.timeout_policy(zone, entries)
+        self._zone_limits: dict = {}
+        if zone_limits:
+            self.set_zone_limits(zone_limits)
         self.linktype_skipped = np.zeros(65536, dtype=np.uint64)
         if prefault:
             # Pay the kernel's first-touch cost for every entry now rather than per new connection.
@@ -228,6 +237,38 @@ class Tracker:
         else:
             self._policies.pop(zone, None)
         self._apply_policies()
+
+    def set_zone_limits(self, limits: dict) -> None:
+        """Most connections per zone, as Open vSwitch's `dpctl/ct-set-limits`: {zone: n} and
+        optionally {"default": n} for every other zone; 0 removes a limit.  A new connection in a
+        zone at its limit is dropped (counted in `drop`) unless a dead entry of that zone makes room."""
+        merged = dict(self._zone_limits)
+        for zone, n in limits.items():
+            if zone != "default" and (isinstance(zone, bool) or not isinstance(zone, int)
+                                      or not 0 <= zone <= 65535):
+                raise ValueError(f"zone limit: zone must be 0..65535 or 'default', not {zone!r}")
+            if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= 2**32 - 1:
+                raise ValueError(f"zone limit for zone {zone}: must be 0..{2**32 - 1}, not {n!r}")
+            merged[zone] = n
+        merged = {z: n for z, n in merged.items() if n}
+        self._zone_limits = merged
+        if not merged:
+            self._engine.set_zone_limits(None)
+            return
+        arr = np.full(65536, merged.get("default", 0), dtype=np.uint32)
+        for zone, n in merged.items():
+            if zone != "default":
+                arr[zone] = n
+        self._engine.set_zone_limits(arr)
+
+    @property
+    def zone_limits(self) -> dict:
+        return dict(self._zone_limits)
+
+    def zone_count(self, zone: int) -> int:
+        """Live connections in a zone."""
+        ents = self.entries(zone=zone)
+        return int(len(ents))
 
     @property
     def timeout_policies(self) -> dict[int, dict[str, int]]:

@@ -34,8 +34,11 @@ LINKTYPE_RAW = 101
 SEC = 1_000_000_000
 MS = 1_000_000
 T0 = 1_000 * SEC               # first packet time (ns)
+# The model refuses a new connection when the table is full of live entries (Open vSwitch's
+# userspace rule, Tracker(early_drop=False)); which entry the kernel's early drop evicts depends on
+# the hash, so that policy has its own tests (tests/test_table_full.py).
 GEN_PROTOS = (253, 47)         # no ports (GRE version 0 has keys 0): keyed by addresses only
-TIMEOUT = {17: 30 * SEC, 1: 30 * SEC, 58: 30 * SEC, 47: 30 * SEC}
+TIMEOUT = {17: 30 * SEC, 136: 30 * SEC, 1: 30 * SEC, 58: 30 * SEC, 47: 30 * SEC}
 GRE_STREAM = 180 * SEC
 UDP_STREAM = 120 * SEC
 GENERIC = 600 * SEC
@@ -87,9 +90,10 @@ def icmp_pkt(fam, src, dst, request, ident, ts, commit=True):
     return Pkt(fam, proto, src, dst, ident, itype << 8, ts, _ip(fam, proto, src, dst, l4), commit)
 
 
-def sctp_pkt(fam, src, dst, sport, dport, ts, commit=True):
-    l4 = struct.pack("!HHII", sport, dport, 0, 0)
-    return Pkt(fam, 132, src, dst, sport, dport, ts, _ip(fam, 132, src, dst, l4), commit)
+def udplite_pkt(fam, src, dst, sport, dport, ts, commit=True):
+    # Coverage 0 (the whole packet) and a checksum (UDP-Lite must carry one; not verified).
+    l4 = struct.pack("!HHHH", sport, dport, 0, 0xBEEF) + b"l" * 4
+    return Pkt(fam, 136, src, dst, sport, dport, ts, _ip(fam, 136, src, dst, l4), commit)
 
 
 def gen_pkt(fam, proto, src, dst, ts, commit=True):
@@ -165,11 +169,17 @@ class Model:
         c = self.conns.get(key)
         if c is not None and c.expires > now:
             d = 0 if tup == c.orig else 1
-            if p.proto in (17, 136):
+            if p.proto == 17:
                 if c.seen_reply and (c.assured or now > c.start + 2 * SEC):
                     c.expires, c.assured = now + UDP_STREAM, True
                 else:
                     c.expires = now + TIMEOUT[17]
+            elif p.proto == 136:
+                # UDP-Lite has no 2 s rule: a stream as soon as an earlier packet was a reply.
+                if c.seen_reply:
+                    c.expires, c.assured = now + UDP_STREAM, True
+                else:
+                    c.expires = now + TIMEOUT[136]
             elif p.proto == 47:
                 # GRE: 30 s, or a stream (180 s, ASSURED) once an earlier packet was a reply.
                 if c.seen_reply:
@@ -294,7 +304,7 @@ def run(pkts, max_conns, sizes=(1,), model: Model | None = None, expire_every=0,
     """Process `pkts` in batches of sizes[k % len(sizes)] (never mixing commit=True and False in a
     call), checking the table after every call.  With a model, its predictions are checked too:
     per packet for non-TCP packets, and the live count after every call."""
-    t = Tracker(max_conns=max_conns, seed=11)
+    t = Tracker(max_conns=max_conns, seed=11, early_drop=False)
     n = len(pkts)
     batch = make_batch(pkts)
     states = np.zeros(n, dtype=np.uint8)
@@ -354,7 +364,7 @@ FLOWS = (
     (4, "udp", 1, 2, 2000, 53),
     (4, "icmp", 0, 1, 1000, 0), (6, "icmp", 0, 1, 7, 0), (4, "icmp", 1, 0, 1000, 0),
     (4, "gen", 0, 1, 0, 0), (6, "gen", 1, 2, 0, 0), (4, "gen", 2, 2, 0, 0),
-    (4, "sctp", 0, 1, 1000, 80),
+    (4, "udplite", 0, 1, 1000, 80),
 )
 NO_TCP = tuple(i for i, f in enumerate(FLOWS) if f[1] != "tcp")
 SMALL_DT = [0, 0, 0, 1, 5, 100, 700, 1500, 2001, 2500]
@@ -393,8 +403,8 @@ def build(ops, no_commit_false=False) -> list[Pkt]:
         commit = commit or no_commit_false
         if proto == "udp":
             pkts.append(udp_pkt(fam, src, dst, sp, dp, ts, commit))
-        elif proto == "sctp":
-            pkts.append(sctp_pkt(fam, src, dst, sp, dp, ts, commit))
+        elif proto == "udplite":
+            pkts.append(udplite_pkt(fam, src, dst, sp, dp, ts, commit))
         elif proto == "gen":
             pkts.append(gen_pkt(fam, GEN_PROTOS[kind % 2], src, dst, ts, commit))
         elif proto == "icmp":
@@ -511,8 +521,8 @@ def many_flows(first: int, count: int, ts: int, reply_every: int = 0, step_ns: i
             p = icmp_pkt(fam, src, dst, True, i & 0xFFFF, t)
             r = icmp_pkt(fam, dst, src, False, i & 0xFFFF, t)
         elif kind == 5:
-            p = sctp_pkt(fam, src, dst, 5000, 6000, t)
-            r = sctp_pkt(fam, dst, src, 6000, 5000, t)
+            p = udplite_pkt(fam, src, dst, 5000, 6000, t)
+            r = udplite_pkt(fam, dst, src, 6000, 5000, t)
         else:
             p = gen_pkt(fam, 253, src, dst, t)
             r = gen_pkt(fam, 253, dst, src, t)
@@ -534,7 +544,7 @@ def process_checked(t, model, pkts, max_conns, commit=True):
 def test_one_call_crosses_several_growths():
     """4000 new flows (and replies to some, found while their slots are still in the old index) in
     one call: the index grows 1024 -> 8192 inside it, migrating incrementally."""
-    t, model = Tracker(max_conns=100_000, seed=3), Model(100_000)
+    t, model = Tracker(max_conns=100_000, seed=3, early_drop=False), Model(100_000)
     slots0 = t._engine.n_slots
     pkts = many_flows(0, 4000, T0, reply_every=3)
     process_checked(t, model, pkts, 100_000)
@@ -554,7 +564,7 @@ def test_one_call_crosses_several_growths():
 def test_growth_checked_between_small_calls(step):
     """Calls small enough that a migration is still running when the next grow is due, and when
     the table is checked (both indexes in use)."""
-    t, model = Tracker(max_conns=50_000, seed=5), Model(50_000)
+    t, model = Tracker(max_conns=50_000, seed=5, early_drop=False), Model(50_000)
     pkts = many_flows(0, 6000, T0, reply_every=5)
     mid_migration = 0
     for i in range(0, len(pkts), step):
@@ -573,7 +583,7 @@ def test_growth_while_many_entries_expire(split):
     deletes from the old and new indexes while they migrate; some old flows are refreshed just in
     time, some reopened (same tuple, reversed) right after they die."""
     cap = 40_000
-    t, model = Tracker(max_conns=cap, seed=8), Model(cap)
+    t, model = Tracker(max_conns=cap, seed=8, early_drop=False), Model(cap)
     ts = T0
     first = 0
     for wave, count in enumerate((700, 1400, 2900, 6000, 3000)):
@@ -601,7 +611,7 @@ def test_growth_while_many_entries_expire(split):
 def test_full_table_reclaims_and_drops(cap):
     """A tiny table: new flows are dropped while it is full of live entries, and take the place of
     dead ones once they expire, including in the same call that expires them."""
-    t, model = Tracker(max_conns=cap, seed=2), Model(cap)
+    t, model = Tracker(max_conns=cap, seed=2, early_drop=False), Model(cap)
     ts = T0
     for rnd in range(6):
         pkts = many_flows(rnd * 5, 3 * cap, ts, reply_every=2, step_ns=MS)
@@ -619,7 +629,7 @@ def test_full_table_reclaims_and_drops(cap):
 
 
 def test_commit_false_never_stores_and_keeps_dead_entries_dead():
-    t, model = Tracker(max_conns=64, seed=4), Model(64)
+    t, model = Tracker(max_conns=64, seed=4, early_drop=False), Model(64)
     a, b = HOSTS4[0], HOSTS4[1]
     seq = [udp_pkt(4, a, b, 1, 2, T0), udp_pkt(4, b, a, 2, 1, T0 + SEC)]
     process_checked(t, model, seq, 64)
@@ -638,7 +648,7 @@ def test_commit_false_never_stores_and_keeps_dead_entries_dead():
 @pytest.mark.parametrize("batch_size", [4096, 65536])
 def test_200k_flows_growth_and_expiry_waves(batch_size):
     cap = 200_000
-    t, model = Tracker(max_conns=cap, seed=6), Model(cap)
+    t, model = Tracker(max_conns=cap, seed=6, early_drop=False), Model(cap)
     ts = T0
     first = 0
     for count in (150_000, 120_000, 200_000):

@@ -157,6 +157,7 @@
     X(R_GRE_BAD, "GRE version 1 (PPTP) header not carrying PPP") \
     X(R_FRAGMENT, "IP fragment (reassembly not implemented yet)") \
     X(R_TABLE_FULL, "table full, packet dropped") \
+    X(R_ZONE_LIMIT, "zone at its connection limit, packet dropped") \
     X(R_CHAIN_TOO_LONG, "probe chain too long, packet dropped") \
     X(R_TIME_BACKWARDS, "timestamp older than the newest seen")
 
