@@ -20,6 +20,7 @@ from fastct._table cimport (table_find, table_candidate, slot_insert, sweep_expi
 from fastct._verdict cimport V_ACCEPT, V_INVALID, V_REOPEN
 from fastct._proto cimport proto_new, proto_packet
 from fastct._checksum cimport check_sums
+from fastct._frag cimport frag_q, frag_handle, frag_sweep, FRAG_SLOTS, FRAG_L4_SAVE
 
 cnp.import_array()
 
@@ -103,6 +104,9 @@ cdef class Engine:
     cdef object _next_slots           # the next index, zeroed a little per batch before it is needed
     cdef Py_ssize_t _next_zeroed
     cdef pkt_meta _meta[SUB]
+    cdef uint8_t _scratch[SUB][FRAG_L4_SAVE]   # transport headers of datagrams reassembled this pass
+    cdef frag_q *_fq                  # datagrams being reassembled (FRAG_SLOTS queues)
+    cdef object _frag_raw
     cdef ct_entry _spare_e           # a new connection is built here while the table is full
     cdef ct_cold _spare_c
     cdef uint32_t _last_swept         # entries the last incremental sweep removed
@@ -125,6 +129,8 @@ cdef class Engine:
         self.t.e = <ct_entry *><size_t>self._entries_raw.ctypes.data
         self.t.cold = <ct_cold *><size_t>self._cold_raw.ctypes.data
         self.t.cap = max_conns
+        self._frag_raw = np.zeros(FRAG_SLOTS * sizeof(frag_q), dtype=np.uint8)
+        self._fq = <frag_q *><size_t>self._frag_raw.ctypes.data
         self.t.max_probe = MAX_PROBE
         self.t.tcp_loose = 1
         self.t.tcp_be_liberal = 0
@@ -321,6 +327,7 @@ cdef class Engine:
         cdef uint32_t removed
         with nogil:
             removed = sweep_all(&self.t, now)
+            frag_sweep(&self.t, self._fq, now, FRAG_SLOTS)
         return removed
 
     def memory_bytes(self):
@@ -402,15 +409,17 @@ cdef class Engine:
                 const uint32_t[::1] wirelen, const int64_t[::1] ts, const uint16_t[::1] iface,
                 const uint32_t[::1] if_linktype, const uint32_t[::1] if_fcslen,
                 uint8_t[::1] out_state, int32_t[::1] out_entry, uint8_t[::1] out_dir,
-                uint64_t[::1] linktype_skipped, int zone=0, bint zone_from_vlan=False, bint commit=True):
-        """Track n packets; fills out_state/out_entry/out_dir.  Returns the number processed."""
+                uint8_t[::1] out_held, uint64_t[::1] linktype_skipped, int zone=0,
+                bint zone_from_vlan=False, bint commit=True):
+        """Track n packets; fills out_state/out_entry/out_dir/out_held.  Returns the number processed."""
         cdef Py_ssize_t n = offsets.shape[0]
         cdef Py_ssize_t nbuf = buf.shape[0]
         cdef Py_ssize_t n_if = if_linktype.shape[0]
         cdef Py_ssize_t base, i, cnt
         if caplen.shape[0] != n or wirelen.shape[0] != n or ts.shape[0] != n or iface.shape[0] != n:
             raise ValueError("offsets, caplen, wirelen, ts and iface must have the same length")
-        if out_state.shape[0] < n or out_entry.shape[0] < n or out_dir.shape[0] < n:
+        if out_state.shape[0] < n or out_entry.shape[0] < n or out_dir.shape[0] < n or \
+                out_held.shape[0] < n:
             raise ValueError("output arrays are shorter than the batch")
         if if_fcslen.shape[0] != n_if:
             raise ValueError("if_linktype and if_fcslen must have the same length")
@@ -439,6 +448,7 @@ cdef class Engine:
             budget = <uint32_t>(2 * n + 64)
         with nogil:
             self._last_swept = sweep_expired(&self.t, start_now, budget)
+            frag_sweep(&self.t, self._fq, start_now, 16)
         base = 0
         while base < n:
             cnt = n - base if n - base < SUB else SUB
@@ -459,7 +469,8 @@ cdef class Engine:
             with nogil:
                 self._run(&buf[0], &offsets[base], &caplen[base], &wirelen[base], &ts[base], &iface[base],
                           &if_linktype[0], &if_fcslen[0], <uint32_t>cnt, n - base,
-                          &out_state[base], &out_entry[base], &out_dir[base], &linktype_skipped[0],
+                          &out_state[base], &out_entry[base], &out_dir[base], &out_held[base],
+                          &linktype_skipped[0],
                           <uint16_t>zone, zone_from_vlan, commit)
             base += cnt
         return n
@@ -467,7 +478,7 @@ cdef class Engine:
     cdef void _run(self, const uint8_t *buf, const int64_t *off, const uint32_t *cap, const uint32_t *wire,
                    const int64_t *ts, const uint16_t *iface, const uint32_t *if_lt, const uint32_t *if_fcs,
                    uint32_t cnt, Py_ssize_t left, uint8_t *o_state, int32_t *o_entry, uint8_t *o_dir,
-                   uint64_t *lt_skipped, uint16_t zone, bint zone_from_vlan, bint commit) noexcept nogil:
+                   uint8_t *o_held, uint64_t *lt_skipped, uint16_t zone, bint zone_from_vlan, bint commit) noexcept nogil:
         cdef ct_table *t = &self.t
         cdef pkt_meta *m
         cdef uint32_t i, j, found = 0
@@ -495,7 +506,9 @@ cdef class Engine:
             m.now = t.now
             m.idx = -1
             m.dir = 0
-            if t.checksum and m.kind == PK_TRACK:
+            if m.kind == PK_FRAG:
+                frag_handle(t, self._fq, m, m.vlan if zone_from_vlan else zone, &self._scratch[i][0])
+            elif t.checksum and m.kind == PK_TRACK:
                 check_sums(m)
             if m.kind == PK_TRACK:
                 zbits = <uint64_t>(m.vlan if zone_from_vlan else zone) << 32
@@ -519,14 +532,21 @@ cdef class Engine:
         t.stats[ST_PACKETS] += cnt
         for i in range(cnt):
             m = &self._meta[i]
+            o_held[i] = 0
             if m.kind != PK_TRACK:
                 o_state[i] = 0
                 o_entry[i] = -1
                 o_dir[i] = 0
                 if m.kind == PK_INVALID:
                     o_state[i] = CS_INV | CS_TRK
-                    t.stats[ST_ERROR if m.pflags & PF_ERROR_STAT else ST_INVALID] += 1
+                    if m.pflags & PF_FRAG_DROP:
+                        t.stats[ST_FRAG_DROPPED] += 1
+                    else:
+                        t.stats[ST_ERROR if m.pflags & PF_ERROR_STAT else ST_INVALID] += 1
                     t.reasons[m.reason] += 1
+                elif m.kind == PK_HELD:
+                    o_held[i] = 1
+                    t.stats[ST_FRAG_HELD] += 1
                 elif m.kind == PK_NON_IP:
                     t.stats[ST_NON_IP] += 1
                 elif m.kind == PK_UNTRACKED:

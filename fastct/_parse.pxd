@@ -282,7 +282,7 @@ cdef inline void parse_l4(const uint8_t *p, uint32_t l4, uint32_t l4len, uint32_
 
 cdef inline void parse_ipv4(const uint8_t *p, uint32_t off, uint32_t cap, uint32_t wire,
                             pkt_meta *m) noexcept nogil:
-    cdef uint32_t ihl, tot, l4, capend
+    cdef uint32_t ihl, tot, l4, capend, frag
     if off + 20 > cap:
         _bad(m, R_IP_TRUNCATED); return
     if (p[off] >> 4) != 4:
@@ -301,16 +301,32 @@ cdef inline void parse_ipv4(const uint8_t *p, uint32_t off, uint32_t cap, uint32
     m.k[3] = 0
     m.iplen = tot
     m.l3 = p + off
-    if fastct_be16(p + off + 6) & 0x3FFF:
-        _bad(m, R_FRAGMENT); return
     l4 = off + ihl
     capend = off + tot if off + tot < cap else cap
+    frag = fastct_be16(p + off + 6)
+    if frag & 0x3FFF:
+        # A fragment (MF set or an offset): reassembled before tracking, as nf_defrag does.
+        m.kind = PK_FRAG
+        m.proto = p[off + 9]
+        m.k[4] = <uint64_t>m.proto << 56 | <uint64_t>L3_IPV4 << 48
+        m.frag_id = fastct_be16(p + off + 4)
+        m.frag_off = (frag & 0x1FFF) * 8
+        m.frag_len = tot - ihl
+        m.frag_unfrag = <uint16_t>ihl
+        m.frag_l4off = 0
+        if frag & 0x2000:
+            m.pflags |= PF_FRAG_MORE
+        m.l4 = p + l4
+        m.l4cap = capend - l4 if capend > l4 else 0
+        m.l4len = tot - ihl
+        return
     parse_l4(p, l4, tot - ihl, capend - l4, p[off + 9], m)
     m.k[4] |= <uint64_t>L3_IPV4 << 48
 
 cdef inline void parse_ipv6(const uint8_t *p, uint32_t off, uint32_t cap, uint32_t wire,
                             pkt_meta *m) noexcept nogil:
-    cdef uint32_t plen, pos, end, capend, hlen, n
+    cdef uint32_t plen, pos, end, capend, hlen, n, fragstart
+    cdef uint16_t fo
     cdef uint8_t nh
     if off + 40 > cap:
         _bad(m, R_IP_TRUNCATED); return
@@ -334,6 +350,7 @@ cdef inline void parse_ipv6(const uint8_t *p, uint32_t off, uint32_t cap, uint32
     # routing, fragment, destination options, AH); any other next header is the protocol.
     # Each header is at least 8 bytes, so the walk ends within the packet.
     n = 0
+    fragstart = 0
     while nh == 0 or nh == 43 or nh == 44 or nh == 60 or nh == 51:
         n += 1
         if n > 64:
@@ -341,8 +358,26 @@ cdef inline void parse_ipv6(const uint8_t *p, uint32_t off, uint32_t cap, uint32
         if pos + 8 > end or pos + 8 > capend:
             _bad(m, R_IP6_EXT_TRUNCATED); return
         if nh == 44:
-            if fastct_be16(p + pos + 2) & 0xFFF9:
-                _bad(m, R_FRAGMENT); return
+            fo = fastct_be16(p + pos + 2)
+            if fo & 0xFFF9 and fragstart == 0:
+                # A fragment (an "atomic" one, offset 0 and no M, is a whole packet): reassembled
+                # before tracking.  The first one's later extension headers are walked to find the
+                # transport header; a later one's data is opaque.
+                m.kind = PK_FRAG
+                m.frag_id = fastct_be32(p + pos + 4)
+                m.frag_off = fo & 0xFFF8
+                m.frag_len = end - (pos + 8)
+                m.frag_unfrag = <uint16_t>(pos - off)
+                if fo & 1:
+                    m.pflags |= PF_FRAG_MORE
+                fragstart = pos + 8
+                if m.frag_off != 0:
+                    m.proto = p[pos]
+                    m.k[4] = <uint64_t>L3_IPV6 << 48
+                    m.l4 = p + fragstart
+                    m.l4cap = capend - fragstart if capend > fragstart else 0
+                    m.l4len = m.frag_len
+                    return
             hlen = 8
         elif nh == 51:
             hlen = (p[pos + 1] + 2) * 4
@@ -352,6 +387,17 @@ cdef inline void parse_ipv6(const uint8_t *p, uint32_t off, uint32_t cap, uint32
         pos += hlen
         if pos > end:
             _bad(m, R_IP6_EXT_TRUNCATED); return
+    if fragstart:
+        # The first fragment: what the transport header needs is kept until the datagram is whole.
+        if pos > capend:
+            _bad(m, R_L4_TRUNCATED); return
+        m.proto = nh
+        m.k[4] = <uint64_t>nh << 56 | <uint64_t>L3_IPV6 << 48
+        m.frag_l4off = <uint16_t>(pos - fragstart)
+        m.l4 = p + pos
+        m.l4cap = capend - pos
+        m.l4len = end - pos
+        return
     if nh == 59:
         # The kernel finds no transport protocol (ipv6_skip_exthdr fails): invalid, not tracked.
         _bad(m, R_IP6_NO_NEXT); return

@@ -41,7 +41,7 @@ cdef extern from "ct_defs.h" nogil:
         TO_TCP_NONE, TO_TCP_SYN_SENT, TO_TCP_SYN_RECV, TO_TCP_ESTABLISHED, TO_TCP_FIN_WAIT
         TO_TCP_CLOSE_WAIT, TO_TCP_LAST_ACK, TO_TCP_TIME_WAIT, TO_TCP_CLOSE, TO_TCP_SYN_SENT2
         TO_TCP_MAX_RETRANS, TO_TCP_UNACK, TO_UDP, TO_UDP_STREAM, TO_ICMP, TO_ICMPV6, TO_GENERIC
-        TO_GRE, TO_GRE_STREAM, TO_SCTP_NONE, TO_SCTP_CLOSED, TO_SCTP_COOKIE_WAIT
+        TO_FRAG4, TO_FRAG6, TO_GRE, TO_GRE_STREAM, TO_SCTP_NONE, TO_SCTP_CLOSED, TO_SCTP_COOKIE_WAIT
         TO_SCTP_COOKIE_ECHOED, TO_SCTP_ESTABLISHED, TO_SCTP_SHUTDOWN_SENT, TO_SCTP_SHUTDOWN_RECD
         TO_SCTP_SHUTDOWN_ACK_SENT, TO_SCTP_HEARTBEAT_SENT, TO_DCCP_NONE, TO_DCCP_REQUEST
         TO_DCCP_RESPOND, TO_DCCP_PARTOPEN, TO_DCCP_OPEN, TO_DCCP_CLOSEREQ, TO_DCCP_CLOSING
@@ -52,12 +52,14 @@ cdef extern from "ct_defs.h" nogil:
         R_TCP_BAD_FLAGS, R_TCP_INVALID_STATE, R_TCP_SEQ_OVER, R_TCP_SEQ_UNDER, R_TCP_ACK_OVER
         R_TCP_ACK_UNDER, R_TCP_NO_NEW, R_ICMP_NO_NEW, R_ICMP_ERROR, R_ICMP_ERROR_BAD
         R_ICMP_ERROR_DADDR, R_ICMP_UNKNOWN_TYPE, R_CHECKSUM, R_IP_CHECKSUM, R_UDPLITE_NO_CSUM, R_SCTP_INVALID, R_SCTP_NO_NEW
-        R_DCCP_INVALID, R_DCCP_NO_NEW, R_GRE_BAD, R_FRAGMENT, R_TABLE_FULL, R_ZONE_LIMIT
+        R_DCCP_INVALID, R_DCCP_NO_NEW, R_GRE_BAD, R_FRAG_NO_ROOM, R_FRAG_BAD, R_FRAG_DUP, R_FRAG_OVERLAP
+        R_FRAG_TOO_MANY, R_TABLE_FULL, R_ZONE_LIMIT
         R_CHAIN_TOO_LONG, R_TIME_BACKWARDS, R_N
     enum:
         ST_FOUND, ST_INVALID, ST_INSERT, ST_INSERT_FAILED, ST_DROP, ST_EARLY_DROP, ST_ERROR
         ST_SEARCH_RESTART, ST_CLASH_RESOLVE, ST_CHAINTOOLONG, ST_PACKETS, ST_UNTRACKED, ST_NON_IP
-        ST_LINKTYPE_SKIPPED, ST_TIME_BACKWARDS, ST_EXPIRED, ST_PROBES, ST_PROBE_MAX, ST_GROWS, ST_N
+        ST_LINKTYPE_SKIPPED, ST_TIME_BACKWARDS, ST_EXPIRED, ST_PROBES, ST_PROBE_MAX, ST_GROWS, ST_FRAG_HELD
+        ST_FRAG_REASSEMBLED, ST_FRAG_TIMEOUT, ST_FRAG_DROPPED, ST_N
     const char *fastct_ct_state_names[]
     const int fastct_ct_state_values[]
     const char *fastct_status_names[]
@@ -100,6 +102,8 @@ cdef enum:
     PK_NON_IP = 2     # a frame of a handled link type that carries no IP (ARP, LLDP...): ct_state 0
     PK_SKIP = 3       # a link type fastct does not handle: counted per link type, ct_state 0
     PK_UNTRACKED = 4  # IP but never tracked, as in the kernel (IPv6 neighbour discovery, MLD)
+    PK_FRAG = 5       # an IP fragment: goes to reassembly (_frag.pxd) before tracking
+    PK_HELD = 6       # a fragment held until its datagram is complete: ct_state 0, `held`
 
 # A table entry: 128 bytes, two cache lines.  Line 0 holds the original tuple (the lookup key) and
 # what every packet writes (expiry, status, state, TCP sequence ends); line 1 the per-direction
@@ -178,11 +182,19 @@ cdef struct pkt_meta:
     const int64_t *to       # the timeouts for this packet's zone (ct_table.timeouts or a policy)
     uint32_t l4cap          # bytes of it captured (never read past this)
     uint32_t l4len          # its length by the IP header
+    uint32_t frag_id        # fragments: IPv4 identification or IPv6 fragment id
+    uint32_t frag_off       # fragments: byte offset of this fragment's data in the datagram
+    uint32_t frag_len       # fragments: data bytes this fragment carries (by the IP header)
+    uint16_t frag_unfrag    # fragments: bytes before the fragmentable part (IPv4 header, IPv6
+                            # header + extension headers before the Fragment header)
+    uint16_t frag_l4off     # first fragments: where the transport header starts in the data
 
 # pkt_meta.pflags
 cdef enum:
     PF_RELATED = 0x01       # an ICMP/ICMPv6 error: k[] is the quoted packet's tuple
     PF_ERROR_STAT = 0x02    # refused by the ICMP error handler: counted in `error`, not `invalid`
+    PF_FRAG_MORE = 0x04     # a fragment with more fragments after it (IPv4 MF, IPv6 M)
+    PF_FRAG_DROP = 0x08     # a fragment reassembly dropped: counted in frag_dropped, not `invalid`
 
 # The table: entries, cold data and the open-addressing index, plus counters.  The arrays are numpy
 # arrays owned by the engine object; this struct holds raw pointers so the batch loop needs no GIL.
@@ -199,6 +211,7 @@ cdef struct ct_table:
     uint32_t cap            # max_conns: entries allocated
     uint32_t grow_at        # n at which the index doubles (load factor 5/8)
     uint32_t sweep_pos      # incremental expiry sweep cursor
+    uint32_t frag_sweep_pos # fragment queue expiry cursor
     uint32_t max_probe      # insert bound: a slot is never placed further than this from its home
     uint32_t tcp_loose      # nf_conntrack_tcp_loose
     uint32_t tcp_be_liberal # nf_conntrack_tcp_be_liberal

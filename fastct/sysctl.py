@@ -27,9 +27,11 @@ MAX_NAME = "max"
 # Kernel settings whose behaviour fastct has built in: accepted at the value it implements.
 FIXED = {"acct": 1, "timestamp": 1}
 # Kernel settings that exist but that fastct does not model (a clear error, not "unknown").
-NOT_MODELLED = {"log_invalid", "helper", "buckets", "expect_max", "events", "frag6_timeout",
-                "frag6_low_thresh", "frag6_high_thresh", "count"}
-PREFIXES = ("net.netfilter.", "net/netfilter/")
+NOT_MODELLED = {"log_invalid", "helper", "buckets", "expect_max", "events", "frag6_low_thresh",
+                "frag6_high_thresh", "count"}
+# net.ipv4.ipfrag_time (IPv4 reassembly, which nf_defrag_ipv4 shares with the stack) is accepted
+# under its own name too; nf_conntrack_frag6_timeout is netfilter's IPv6 one.
+PREFIXES = ("net.netfilter.", "net/netfilter/", "net.ipv4.", "net/ipv4/")
 TIMEOUT_MAX_SECONDS = 2**31 - 1
 
 
@@ -46,8 +48,12 @@ def short_name(name: str) -> str:
     return key
 
 
+def full_name(key: str) -> str:
+    return "net.ipv4." + key if key == "ipfrag_time" else "nf_conntrack_" + key
+
+
 def known_names() -> list[str]:
-    return ["nf_conntrack_" + n for n in [MAX_NAME, *SETTINGS, *FIXED, *TIMEOUT_NAMES]]
+    return [full_name(n) for n in [MAX_NAME, *SETTINGS, *FIXED, *TIMEOUT_NAMES]]
 
 
 def _int_value(name: str, value) -> int:

@@ -62,6 +62,7 @@ class Result:
     ct_state: np.ndarray     # uint8, OVS ct_state bits (0: untracked / not IP / link type skipped)
     entry: np.ndarray        # int32, entry index (valid until the next mutating call), -1 none
     direction: np.ndarray    # uint8, 0 original, 1 reply
+    held: np.ndarray         # bool, a fragment held until its datagram is complete (ct_state 0)
 
 
 class Timeouts(MutableMapping):
@@ -224,7 +225,7 @@ class Tracker:
         eng = self._engine
         out = {"nf_conntrack_max": int(eng.max_conns)}
         out.update({"nf_conntrack_" + k: int(v) for k, v in eng.options().items()})
-        out.update({"nf_conntrack_" + k: int(self.timeouts[k]) for k in self.timeouts})
+        out.update({sysctl_mod.full_name(k): int(self.timeouts[k]) for k in self.timeouts})
         return out
 
     def timeout_policy(self, zone: int, timeouts: dict) -> None:
@@ -301,11 +302,11 @@ class Tracker:
         n = len(batch)
         if out is None:
             out = Result(np.empty(n, dtype=np.uint8), np.empty(n, dtype=np.int32),
-                         np.empty(n, dtype=np.uint8))
+                         np.empty(n, dtype=np.uint8), np.empty(n, dtype=np.bool_))
         self._engine.process(
             batch.buf, batch.offsets, batch.caplen, batch.wirelen, batch.ts, batch.iface,
             batch.if_linktype, batch.if_fcslen, out.ct_state, out.entry, out.direction,
-            self.linktype_skipped,
+            out.held.view(np.uint8), self.linktype_skipped,
             zone=zone, zone_from_vlan=zone_from_vlan, commit=commit)
         return out
 

@@ -680,7 +680,8 @@ def test_growth_50000_udp_flows():
 
 
 def test_table_full():
-    t = Tracker(max_conns=10, seed=1)
+    # Without early drop (Open vSwitch's userspace rule; the kernel's is in test_table_full.py).
+    t = Tracker(max_conns=10, seed=1, early_drop=False)
     frames = [udp4(C, S, 6000 + i, 53) for i in range(20)]
     res = t.process(batch(frames, ts=[i * 0.001 for i in range(20)]))
     assert res.ct_state.tolist() == [T_NEW] * 10 + [T_INV] * 10
@@ -736,11 +737,16 @@ def test_table_full_stats_follow_kernel():
     # Kernel nf_conntrack_in: when resolve_normal_ct fails (table full, -ENOMEM) it does drop++
     # and NF_DROP, and never invalid++ (invalid is for packets without a ct or refused by the L4
     # handler).  So `conntrack -S` shows drop=10 invalid=0 after 10 table-full packets.
-    t = Tracker(max_conns=10, seed=1)
+    t = Tracker(max_conns=10, seed=1, early_drop=False)
     t.process(batch([udp4(C, S, 6000 + i, 53) for i in range(20)], ts=[0.0] * 20))
     st = t.stats()
     assert st["drop"] == 10
     assert st["invalid"] == 0
+    # With early drop, a packet either evicted an unassured entry or was dropped; never invalid.
+    t = Tracker(max_conns=10, seed=1)
+    t.process(batch([udp4(C, S, 6000 + i, 53) for i in range(20)], ts=[0.0] * 20))
+    st = t.stats()
+    assert st["drop"] + st["early_drop"] == 10 and st["invalid"] == 0
 
 
 # ---- engine: expiry --------------------------------------------------------------------------------

@@ -32,7 +32,8 @@ R_L4 = "transport header truncated"
 R_UDPLEN = "UDP length field shorter than its header or past the packet"
 R_DOFF = "TCP data offset < 5 or past the packet"
 R_ICMPERR = "ICMP error quoting no known connection"
-R_FRAG = "IP fragment (reassembly not implemented yet)"
+R_FRAG_BAD = ("fragment inconsistent (empty, past the end, or datagram over 65535 bytes): "
+              "datagram dropped")
 
 # Link types (pcap LINKTYPE_* values).
 LT_NULL, LT_ETH, LT_RAW, LT_LOOP, LT_SLL = 0, 1, 101, 108, 113
@@ -489,11 +490,26 @@ def test_raw_ip_trailing_bytes_not_counted():
                                   0x1FFF],
                          ids=["MF", "offset1", "offset185", "MF+offset", "DF+offset", "max-offset"])
 def test_ipv4_fragments(frag):
-    assert_invalid(eth(ipv4(udp(), frag=frag)), R_FRAG)
+    # Held for reassembly (tests/test_fragments.py has the rest); a datagram ending past 65535
+    # bytes is dropped.
+    assert_fragment(eth(ipv4(udp(), frag=frag)), dropped=(frag & 0x1FFF) == 0x1FFF)
+
+
+def assert_fragment(frame, linktype=LT_ETH, dropped=False):
+    t = Tracker(max_conns=64, seed=3)
+    res = t.process(Batch.from_frames([frame], ts=[0.0], linktype=linktype))
+    s = t.stats()
+    assert len(t) == 0 and s["invalid"] == 0
+    if dropped:
+        assert int(res.ct_state[0]) == INV | TRK and not res.held[0]
+        assert s["frag_dropped"] == 1 and s["reasons"] == {R_FRAG_BAD: 1}
+    else:
+        assert int(res.ct_state[0]) == 0 and res.held[0]
+        assert s["frag_held"] == 1 and s["reasons"] == {}
 
 
 def test_ipv4_non_first_fragment_without_transport_header_is_a_fragment():
-    assert_invalid(eth(ipv4(b"zz", frag=0x0040)), R_FRAG)
+    assert_fragment(eth(ipv4(b"zz", frag=0x0040)))
 
 
 def test_ipv4_dont_fragment_is_not_a_fragment():
@@ -570,8 +586,10 @@ def test_ipv6_atomic_fragment_is_not_a_fragment():
 
 @pytest.mark.parametrize("offset,more", [(0, 1), (1, 0), (1, 1), (8191, 0)])
 def test_ipv6_fragments(offset, more):
-    assert_invalid(ipv6(frag6(P_UDP, offset, more) + udp(), nh=44), R_FRAG, LT_IPV6)
-    assert_invalid(eth(ipv6(hbh(44) + frag6(P_UDP, offset, more) + udp(), nh=0), 0x86DD), R_FRAG)
+    dropped = offset == 8191 or (more and len(udp()) % 8 != 0)
+    assert_fragment(ipv6(frag6(P_UDP, offset, more) + udp(), nh=44), LT_IPV6, dropped)
+    assert_fragment(eth(ipv6(hbh(44) + frag6(P_UDP, offset, more) + udp(), nh=0), 0x86DD),
+                    dropped=dropped)
 
 
 def test_ipv6_payload_length_past_the_frame():
@@ -914,9 +932,10 @@ def _check_invariants(t, res, n):
     assert set(states.tolist()) <= ALLOWED
     s = t.stats()
     assert s["packets"] == n
-    assert int((states == 0).sum()) == s["non_ip"] + s["untracked"] + s["linktype_skipped"]
+    assert int((states == 0).sum()) == s["non_ip"] + s["untracked"] + s["linktype_skipped"] + \
+        s["frag_held"] == s["non_ip"] + s["untracked"] + s["linktype_skipped"] + int(res.held.sum())
     inv = int(((states & INV) != 0).sum())
-    assert inv == s["invalid"] + s["error"] == sum(s["reasons"].values())
+    assert inv == s["invalid"] + s["error"] + s["frag_dropped"] == sum(s["reasons"].values())
     tracked = ((states & TRK) != 0) & ((states & INV) == 0)
     assert np.all(res.entry[~tracked] == -1)
     assert np.all(res.entry[tracked] >= 0)

@@ -60,7 +60,7 @@ def test_bad_settings_are_clear_errors(sysctl, message):
 
 
 def test_max_is_the_table_size():
-    t = Tracker(sysctl={"nf_conntrack_max": 3})
+    t = Tracker(sysctl={"nf_conntrack_max": 3}, early_drop=False)
     frames = [udp4(C, S, 1000 + i, 53) for i in range(4)]
     assert run(t, frames) == [TRK | NEW] * 3 + [TRK | INV]
     assert len(t) == 3 and t.stats()["drop"] == 1

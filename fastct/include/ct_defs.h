@@ -100,6 +100,8 @@
     X(TO_ICMP, "icmp_timeout", 30) \
     X(TO_ICMPV6, "icmpv6_timeout", 30) \
     X(TO_GENERIC, "generic_timeout", 600) \
+    X(TO_FRAG4, "ipfrag_time", 30) \
+    X(TO_FRAG6, "frag6_timeout", 60) \
     X(TO_GRE, "gre_timeout", 30) \
     X(TO_GRE_STREAM, "gre_timeout_stream", 180) \
     X(TO_SCTP_NONE, "sctp_timeout_none", 0) \
@@ -155,7 +157,11 @@
     X(R_DCCP_INVALID, "DCCP packet invalid in this state") \
     X(R_DCCP_NO_NEW, "DCCP packet cannot start a connection") \
     X(R_GRE_BAD, "GRE version 1 (PPTP) header not carrying PPP") \
-    X(R_FRAGMENT, "IP fragment (reassembly not implemented yet)") \
+    X(R_FRAG_NO_ROOM, "fragment of a new datagram with no room to reassemble it: dropped") \
+    X(R_FRAG_BAD, "fragment inconsistent (empty, past the end, or datagram over 65535 bytes): datagram dropped") \
+    X(R_FRAG_DUP, "fragment duplicate: dropped") \
+    X(R_FRAG_OVERLAP, "fragment overlaps another: datagram dropped") \
+    X(R_FRAG_TOO_MANY, "fragment beyond the 64 kept per datagram: datagram dropped") \
     X(R_TABLE_FULL, "table full, packet dropped") \
     X(R_ZONE_LIMIT, "zone at its connection limit, packet dropped") \
     X(R_CHAIN_TOO_LONG, "probe chain too long, packet dropped") \
@@ -181,7 +187,11 @@
     X(ST_EXPIRED, "expired") \
     X(ST_PROBES, "probes") \
     X(ST_PROBE_MAX, "probe_max") \
-    X(ST_GROWS, "grows")
+    X(ST_GROWS, "grows") \
+    X(ST_FRAG_HELD, "frag_held") \
+    X(ST_FRAG_REASSEMBLED, "frag_reassembled") \
+    X(ST_FRAG_TIMEOUT, "frag_timeout") \
+    X(ST_FRAG_DROPPED, "frag_dropped")
 
 #define FASTCT_ENUM_VAL(name, value, str) name = value,
 #define FASTCT_ENUM_SEQ(name, ...) name,
