@@ -95,7 +95,8 @@ def format_stats(stats: dict) -> str:
 
 def format_fastct_stats(stats: dict) -> str:
     names = ("packets", "untracked", "non_ip", "linktype_skipped", "time_backwards", "expired",
-             "probes", "probe_max", "grows", "entries")
+             "probes", "probe_max", "grows", "frag_held", "frag_reassembled", "frag_timeout",
+             "frag_dropped", "entries")
     line = "fastct: " + " ".join(f"{n}={stats[n]}" for n in names)
     if stats["reasons"]:
         line += " invalid: " + ", ".join(f"{k}={v}" for k, v in stats["reasons"].items())
