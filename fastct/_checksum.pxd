@@ -42,6 +42,10 @@ cdef inline bint l4_sum_ok(const pkt_meta *m, uint8_t proto, uint32_t covered) n
         acc = pseudo_sum(m.l3, m.l4len, proto)
     return ones_fold(ones_sum(m.l4, covered, acc)) == 0xFFFF
 
+cdef inline bint ipv4_header_ok(const pkt_meta *m) noexcept nogil:
+    return m.l3 == NULL or (m.l3[0] >> 4) != 4 or \
+        ones_fold(ones_sum(m.l3, (m.l3[0] & 0x0F) * 4, 0)) == 0xFFFF
+
 cdef inline void check_sums(pkt_meta *m) noexcept nogil:
     """Mark a parsed, tracked packet invalid if a checksum the kernel would check is wrong."""
     cdef uint8_t proto

@@ -13,13 +13,14 @@ import numpy as np
 cimport numpy as cnp
 
 from fastct._types cimport *
-from fastct._parse cimport parse_frame, tuple_reverse_k4, link_type_handled
+from fastct._parse cimport parse_frame, tuple_reverse_k4, link_type_handled, icmp_inverse_type
 from fastct._flowkey cimport meta_hash, key_store, entry_hash
 from fastct._table cimport (table_find, table_candidate, slot_insert, sweep_expired, sweep_all,
                             reclaim_dead, early_drop, entry_forget, migrate_step, zone_count_add)
 from fastct._verdict cimport V_ACCEPT, V_INVALID, V_REOPEN
 from fastct._proto cimport proto_new, proto_packet
-from fastct._checksum cimport check_sums
+from fastct._checksum cimport check_sums, ipv4_header_ok
+from fastct._dccp cimport dccp_key
 from fastct._frag cimport frag_q, frag_handle, frag_sweep, FRAG_SLOTS, FRAG_L4_SAVE
 
 cnp.import_array()
@@ -92,6 +93,29 @@ cdef object _aligned_empty(Py_ssize_t nbytes, Py_ssize_t align):
     cdef Py_ssize_t addr = raw.ctypes.data
     cdef Py_ssize_t off = (align - addr % align) % align   # (cdivision: keep operands positive)
     return raw[off:off + nbytes]
+
+
+cdef inline int32_t _make_room(ct_table *t, const pkt_meta *m) noexcept nogil:
+    """An unindexed entry for a new connection in a full table, or -1."""
+    if t.early_drop:
+        return early_drop(t, m.hash, m.now)
+    return reclaim_dead(t, m.now, 64, -1)
+
+cdef inline bint _has_reply_tuple(const pkt_meta *m) noexcept nogil:
+    """False for ICMP types without a reply type: the kernel cannot invert their tuple, so it never
+    allocates a connection for them (and never makes room)."""
+    if m.proto == IP_PROTO_ICMP or m.proto == IP_PROTO_ICMP6:
+        return icmp_inverse_type(m.proto, <uint8_t>(m.k[4] >> 24)) != 0xFF
+    return True
+
+cdef inline void _drop(ct_table *t, uint8_t *o_state, int32_t *o_entry, uint8_t *o_dir, uint32_t i,
+                       uint8_t reason) noexcept nogil:
+    """A packet the table has no room for: dropped (kernel drop++), ct_state inv."""
+    o_state[i] = CS_INV | CS_TRK
+    o_entry[i] = -1
+    o_dir[i] = 0
+    t.stats[ST_DROP] += 1
+    t.reasons[reason] += 1
 
 
 cdef class Engine:
@@ -507,9 +531,21 @@ cdef class Engine:
             m.idx = -1
             m.dir = 0
             if m.kind == PK_FRAG:
-                frag_handle(t, self._fq, m, m.vlan if zone_from_vlan else zone, &self._scratch[i][0])
-            elif t.checksum and m.kind == PK_TRACK:
+                if t.checksum and not ipv4_header_ok(m):
+                    m.kind = PK_INVALID          # (ip_rcv drops it before defragmentation)
+                    m.reason = R_IP_CHECKSUM
+                else:
+                    frag_handle(t, self._fq, m, m.vlan if zone_from_vlan else zone, &self._scratch[i][0])
+            elif t.checksum and (m.kind == PK_TRACK or m.kind == PK_UNTRACKED):
+                # (The kernel checks ICMPv6 sums before it leaves neighbour discovery untracked.)
                 check_sums(m)
+            if t.dccp_tracker and m.proto == IP_PROTO_DCCP and m.kind == PK_TRACK:
+                # DCCP's own tracker (option): its header checked and its ports in the key; for an
+                # ICMP error, the quoted packet's ports (kept aside by the parser).
+                if m.pflags & PF_RELATED:
+                    m.k[4] |= <uint64_t>m.seq
+                else:
+                    dccp_key(m)
             if m.kind == PK_TRACK:
                 zbits = <uint64_t>(m.vlan if zone_from_vlan else zone) << 32
                 m.k[4] |= zbits
@@ -613,21 +649,34 @@ cdef class Engine:
             # A new connection.
             m.dir = DIR_ORIGINAL
             reused = -1
-            full = False
-            if idx < 0:
-                if t.n >= t.cap:
-                    # Full: build it aside; it takes a dead entry's place below, if there is one.
-                    full = True
-                    e = &self._spare_e
-                    c = &self._spare_c
-                else:
-                    e = &t.e[t.n]      # build in the next free entry; it only counts once indexed
-                    c = &t.cold[t.n]
-            else:
+            zn = <uint16_t>((m.k[4] >> 32) & 0xFFFF)
+            full = idx < 0 and t.n >= t.cap
+            if idx >= 0:
                 # A dead entry, or one a TCP reopen replaces: rebuilt in place (same tuple hash).
                 e = &t.e[idx]
                 c = &t.cold[idx]
+            elif full:
+                e = &self._spare_e     # built aside; it takes the place made for it below
+                c = &self._spare_c
+            else:
+                e = &t.e[t.n]          # built in the next free entry; it only counts once indexed
+                c = &t.cold[t.n]
             reason = proto_new(t, e, c, m)
+            if reason == R_VALID:
+                key_store(e, m)
+            elif full and not _has_reply_tuple(m):
+                full = False           # no tuple to invert: the kernel allocates nothing
+            if full and t.early_drop and (reason != R_VALID or not commit):
+                # The kernel allocates the connection, making room if the table is full, before
+                # the protocol looks at the packet; a refused packet (or a verdict without commit)
+                # frees it again, but the room made stays made.  (Open vSwitch's userspace
+                # conntrack, early_drop=False, allocates only what it commits.)
+                reused = _make_room(t, m)
+                if reused < 0:
+                    _drop(t, o_state, o_entry, o_dir, i, R_TABLE_FULL)
+                    continue
+                entry_forget(t, <uint32_t>reused)
+                reused = -1
             if reason != R_VALID:
                 o_state[i] = CS_INV | CS_TRK
                 o_entry[i] = -1
@@ -645,60 +694,36 @@ cdef class Engine:
                 if idx >= 0:
                     e.expires = m.now
                 continue
-            zn = <uint16_t>((m.k[4] >> 32) & 0xFFFF)
             if idx < 0 and t.zone_limit != NULL and t.zone_limit[zn] and \
                     t.zone_count[zn] >= t.zone_limit[zn]:
-                # The zone is at its limit (OVS ct limits): a dead entry of the zone may make room,
-                # else the new connection is dropped.
-                reused = reclaim_dead(t, m.now, 256, zn)
+                # The zone is at its limit (OVS ct limits): a dead entry of the zone may make room
+                # (dead entries count until they are collected), else the connection is dropped.
+                reused = reclaim_dead(t, m.now, 4096, zn)
                 if reused < 0:
-                    o_state[i] = CS_INV | CS_TRK
-                    o_entry[i] = -1
-                    o_dir[i] = 0
-                    t.stats[ST_DROP] += 1
-                    t.reasons[R_ZONE_LIMIT] += 1
+                    _drop(t, o_state, o_entry, o_dir, i, R_ZONE_LIMIT)
                     continue
-                zone_count_add(t, zn, -1)
-                if not full:
-                    memcpy(&t.e[reused], e, sizeof(ct_entry))
-                    memcpy(&t.cold[reused], c, sizeof(ct_cold))
-                    e = &t.e[reused]
-                    c = &t.cold[reused]
-            if idx < 0 and full and reused < 0:
-                # Table full (nf_conntrack_max): a dead entry or one that is not ASSURED near this
-                # connection's hash makes room (early_drop); else the packet is dropped, as the
-                # kernel does.  Bounded work: a flood into a full table stays cheap.
-                if t.early_drop:
-                    reused = early_drop(t, m.hash, m.now)
-                else:
-                    reused = reclaim_dead(t, m.now, 64, -1)
+            if full and reused < 0:
+                # Table full (nf_conntrack_max): early drop or a dead entry makes room, else the
+                # packet is dropped, as the kernel does.  Bounded work: floods stay cheap.
+                reused = _make_room(t, m)
                 if reused < 0:
-                    o_state[i] = CS_INV | CS_TRK
-                    o_entry[i] = -1
-                    o_dir[i] = 0
-                    t.stats[ST_DROP] += 1
-                    t.reasons[R_TABLE_FULL] += 1
+                    _drop(t, o_state, o_entry, o_dir, i, R_TABLE_FULL)
                     continue
+            if reused >= 0:
+                # Rebuilt where the room was made (an unindexed entry), so no other entry moves.
                 zone_count_add(t, t.e[reused].zone, -1)
-            if idx < 0 and full:
-                # Rebuilt where the reclaimed entry was, so no other entry moves.
+                zone_count_add(t, zn, 1)
                 memcpy(&t.e[reused], e, sizeof(ct_entry))
                 memcpy(&t.cold[reused], c, sizeof(ct_cold))
                 e = &t.e[reused]
                 c = &t.cold[reused]
             if idx < 0:
-                if reused >= 0:
-                    zone_count_add(t, zn, 1)        # (the counts cover entries[0:n] as they are)
                 if slot_insert(t, m.hash, <uint32_t>(reused if reused >= 0 else t.n)) < 0:
                     if reused >= 0:
                         entry_forget(t, <uint32_t>reused)   # never leave an unindexed entry behind
-                    o_state[i] = CS_INV | CS_TRK
-                    o_entry[i] = -1
-                    o_dir[i] = 0
-                    t.stats[ST_DROP] += 1
+                    _drop(t, o_state, o_entry, o_dir, i, R_CHAIN_TOO_LONG)
                     t.stats[ST_CHAINTOOLONG] += 1
                     t.stats[ST_INSERT_FAILED] += 1
-                    t.reasons[R_CHAIN_TOO_LONG] += 1
                     continue
                 if reused >= 0:
                     idx = reused
@@ -706,7 +731,6 @@ cdef class Engine:
                     idx = <int32_t>t.n
                     t.n += 1
                     zone_count_add(t, zn, 1)
-            key_store(e, m)
             e.status = IPS_CONFIRMED
             e.mark = 0
             e.aux = 0xFFFFFFFF

@@ -115,6 +115,10 @@ cdef inline bint inner_l4_key(const uint8_t *q, uint32_t cap, uint8_t proto, pkt
             if fastct_be16(q + 2) != 0x880B:
                 return False
             dport = fastct_be16(q + 6)
+    elif proto == IP_PROTO_DCCP:
+        # Generic (no ports) unless the dccp tracker is on; the engine then adds the ports kept
+        # here (m.seq is free in an ICMP error).
+        m.seq = <uint32_t>fastct_be16(q) | <uint32_t>fastct_be16(q + 2) << 16 if cap >= 4 else 0
     m.proto = proto
     m.k[4] = <uint64_t>sport | (<uint64_t>dport << 16) | (<uint64_t>proto << 56)
     return True
@@ -168,18 +172,26 @@ cdef inline void parse_icmp_error(const uint8_t *q, uint32_t cap, uint8_t l3, pk
         _bad_error(m, R_ICMP_ERROR_DADDR); return
     m.pflags |= PF_RELATED
 
-cdef inline void parse_icmp6_redirect(const uint8_t *p, uint32_t l4, uint32_t cap, pkt_meta *m) noexcept nogil:
+cdef inline bint parse_icmp6_redirect(const uint8_t *p, uint32_t l4, uint32_t cap, pkt_meta *m) noexcept nogil:
     """ICMPv6 redirect (code 0), kernel nf_conntrack_icmpv6_redirect: only from a link-local
-    router with hop limit 255; related to the connection its Redirected Header option quotes."""
+    router with hop limit 255; related to the connection its Redirected Header option quotes.
+    False when it is to be tracked as an ordinary ICMPv6 packet."""
     cdef uint32_t o = 40                      # ICMPv6 header, target, destination
     if m.hoplimit != 255 or (m.k[0] & 0xC0FF) != 0x80FE:
-        _bad_error(m, R_ICMP_ERROR_BAD); return
-    if cap < o + 8 or p[l4 + o] != 4 or p[l4 + o + 1] == 0:
-        _bad_error(m, R_ICMP_ERROR_BAD); return
+        _bad_error(m, R_ICMP_ERROR_BAD); return True
+    if cap < o + 8:
+        _bad_error(m, R_ICMP_ERROR_BAD); return True
+    if p[l4 + o] != 4:
+        # The first option is not a Redirected Header: tracked like any ICMPv6 packet (type 137
+        # has no reply type, so that is `invalid`).
+        return False
+    if p[l4 + o + 1] == 0:
+        _bad_error(m, R_ICMP_ERROR_BAD); return True
     parse_icmp_error(p + l4 + o + 8, cap - o - 8, L3_IPV6, m)
+    return True
 
 cdef inline void parse_l4(const uint8_t *p, uint32_t l4, uint32_t l4len, uint32_t l4cap,
-                          uint8_t proto, pkt_meta *m) noexcept nogil:
+                          uint8_t proto, uint8_t l3, pkt_meta *m) noexcept nogil:
     """Transport header at p[l4]: `l4len` bytes by the IP header, `l4cap` of them captured."""
     cdef uint32_t doff, o, end, ulen
     cdef uint16_t sport = 0, dport = 0
@@ -239,6 +251,9 @@ cdef inline void parse_l4(const uint8_t *p, uint32_t l4, uint32_t l4len, uint32_
             _bad(m, R_L4_TRUNCATED); return
         sport = fastct_be16(p + l4)
         dport = fastct_be16(p + l4 + 2)
+    elif (proto == IP_PROTO_ICMP and l3 == L3_IPV6) or (proto == IP_PROTO_ICMP6 and l3 == L3_IPV4):
+        # The kernel runs no error handler for these, and its ICMP trackers refuse the other family.
+        _bad(m, R_ICMP_WRONG_FAMILY); return
     elif proto == IP_PROTO_ICMP or proto == IP_PROTO_ICMP6:
         # The kernel's ICMP error handler runs first; what it refuses counts in `error`, not
         # `invalid` (nf_conntrack_handle_icmp).
@@ -261,8 +276,8 @@ cdef inline void parse_l4(const uint8_t *p, uint32_t l4, uint32_t l4len, uint32_
                 # noct_valid_new).
                 m.kind = PK_UNTRACKED
                 return
-            if t == 137 and p[l4 + 1] == 0:
-                parse_icmp6_redirect(p, l4, l4cap, m); return
+            if t == 137 and p[l4 + 1] == 0 and parse_icmp6_redirect(p, l4, l4cap, m):
+                return
         sport = fastct_be16(p + l4 + 4)          # echo id
         dport = <uint16_t>(t << 8 | p[l4 + 1])  # type << 8 | code
     elif proto == IP_PROTO_GRE:
@@ -320,7 +335,7 @@ cdef inline void parse_ipv4(const uint8_t *p, uint32_t off, uint32_t cap, uint32
         m.l4cap = capend - l4 if capend > l4 else 0
         m.l4len = tot - ihl
         return
-    parse_l4(p, l4, tot - ihl, capend - l4, p[off + 9], m)
+    parse_l4(p, l4, tot - ihl, capend - l4, p[off + 9], L3_IPV4, m)
     m.k[4] |= <uint64_t>L3_IPV4 << 48
 
 cdef inline void parse_ipv6(const uint8_t *p, uint32_t off, uint32_t cap, uint32_t wire,
@@ -359,10 +374,11 @@ cdef inline void parse_ipv6(const uint8_t *p, uint32_t off, uint32_t cap, uint32
             _bad(m, R_IP6_EXT_TRUNCATED); return
         if nh == 44:
             fo = fastct_be16(p + pos + 2)
-            if fo & 0xFFF9 and fragstart == 0:
-                # A fragment (an "atomic" one, offset 0 and no M, is a whole packet): reassembled
-                # before tracking.  The first one's later extension headers are walked to find the
-                # transport header; a later one's data is opaque.
+            if fragstart == 0:
+                # A fragment (an "atomic" one too, offset 0 and no M: netfilter's defrag queues and
+                # "reassembles" it like any other): reassembled before tracking.  The first one's
+                # later extension headers are walked to find the transport header; a later one's
+                # data is opaque.
                 m.kind = PK_FRAG
                 m.frag_id = fastct_be32(p + pos + 4)
                 m.frag_off = fo & 0xFFF8
@@ -403,7 +419,7 @@ cdef inline void parse_ipv6(const uint8_t *p, uint32_t off, uint32_t cap, uint32
         _bad(m, R_IP6_NO_NEXT); return
     if pos > capend:
         _bad(m, R_L4_TRUNCATED); return
-    parse_l4(p, pos, end - pos, capend - pos, nh, m)
+    parse_l4(p, pos, end - pos, capend - pos, nh, L3_IPV6, m)
     m.k[4] |= <uint64_t>L3_IPV6 << 48
 
 cdef inline void parse_ip_ethertype(const uint8_t *p, uint32_t off, uint32_t cap, uint32_t wire,

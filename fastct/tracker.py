@@ -181,6 +181,7 @@ class Tracker:
         except MemoryError:
             raise ValueError(f"cannot allocate a table for max_conns={max_conns}") from None
         self._engine.set_tcp(loose=tcp_loose, be_liberal=tcp_be_liberal, max_retrans=tcp_max_retrans)
+        self._dccp_tracker = bool(dccp_tracker)
         self._engine.set_options(checksum=False, dccp_tracker=bool(dccp_tracker),
                                  early_drop=bool(early_drop))
         self._policies: dict[int, dict[str, int]] = {}
@@ -233,10 +234,14 @@ class Tracker:
         per-zone timeout policies of Open vSwitch.  An empty dict removes the zone's policy."""
         entries = dict(sysctl_mod.validate_policy_entry(zone, name, value)
                        for name, value in timeouts.items())
+        policies = dict(self._policies)
         if entries:
-            self._policies[zone] = {**self._policies.get(zone, {}), **entries}
+            policies[zone] = {**policies.get(zone, {}), **entries}
         else:
-            self._policies.pop(zone, None)
+            policies.pop(zone, None)
+        if len(policies) > 255:
+            raise ValueError("at most 255 zones can have their own timeout policy")
+        self._policies = policies
         self._apply_policies()
 
     def set_zone_limits(self, limits: dict) -> None:
@@ -351,8 +356,9 @@ class Tracker:
                 mask &= _addr_mask(view, field, value)
         if addr is not None:
             mask &= _addr_mask(view, "src", addr) | _addr_mask(view, "dst", addr)
-        # Ports exist only for TCP, UDP, UDP-Lite and SCTP (ICMP keeps its id and type there).
-        has_ports = np.isin(view["proto"], list(PORT_PROTOCOLS))
+        # Ports exist only for TCP, UDP, UDP-Lite, SCTP, and DCCP with the dccp tracker (ICMP keeps
+        # its id and type there).
+        has_ports = np.isin(view["proto"], list(self._port_protocols()))
         if sport is not None:
             mask &= has_ports & (view["sport"] == sport)
         if dport is not None:
@@ -360,6 +366,9 @@ class Tracker:
         if port is not None:
             mask &= has_ports & ((view["sport"] == port) | (view["dport"] == port))
         return view[mask]
+
+    def _port_protocols(self) -> set[int]:
+        return PORT_PROTOCOLS | {33} if self._dccp_tracker else PORT_PROTOCOLS
 
     def cold(self) -> np.ndarray:
         """Cold per-entry data (start time, TCP bookkeeping), parallel to entries()."""
@@ -380,7 +389,7 @@ class Tracker:
         if p in ICMP_PROTOCOLS:
             t = icmp_type if icmp_type is not None else (8 if p == 1 else 128)
             dport = (t << 8) | icmp_code
-        elif p not in PORT_PROTOCOLS:
+        elif p not in self._port_protocols():
             sport = dport = 0
         k4 = sport | (dport << 16) | (zone << 32) | (fam << 48) | (p << 56)
         idx, direction = self._engine.lookup_key(s0, s1, d0, d1, k4)

@@ -19,6 +19,15 @@ A counter in the same chain says how many records the file must hold; a shortfal
             table = lab.conntrack_table()         # `conntrack -L -o extended` in the gateway
         records = read_nflog(path)                # [(ts, family, prefix, ip_bytes)]
 
+For IP fragments, whose datagrams the gateway's conntrack only sees reassembled (nf_defrag runs at
+priority -400), `NetnsLab.ingress_capture` records the packets as they arrive at the gateway, before
+defragmentation (`tcpdump -i any -Q in` there, LINUX_SLL2; `read_ingress` reads it): each packet
+once, in arrival order, never the gateway's own (refragmented) output.
+
+    with lab.ingress_capture(path2) as icap, lab.capture(path) as cap:
+        ...
+    packets = read_ingress(path2)                 # [IngressPacket(ts, interface, ip_bytes)]
+
 Everything that waits is bounded; packets are only sent between the lab's own addresses.  Needs root,
 iproute2 (`ip netns`), nft, conntrack (conntrack-tools) and tcpdump.
 """
@@ -388,6 +397,56 @@ add rule inet fastct_lab_quiet input {match} drop
         finally:
             cap.kill()
 
+    @contextmanager
+    def ingress_capture(self, path, bpf: str | None = None):
+        """Record every IP packet as it arrives at the gateway, before conntrack and its
+        defragmentation (`tcpdump -i any -Q in` there: each packet once, in arrival order, never
+        the gateway's own output, so never its refragmented copies), into `path` while the block
+        runs.  `bpf` (default LAB_UNICAST_BPF: the lab's unicast traffic, neighbour discovery left
+        out) selects the packets.  On entry tcpdump is listening; on exit it has written every
+        packet it received (or LabError) and has been stopped."""
+        cap = IngressCapture(self, Path(path), LAB_UNICAST_BPF if bpf is None else bpf)
+        cap.start()
+        try:
+            yield cap
+            cap.stop()
+        finally:
+            cap.kill()
+
+    def interface_names(self, ns) -> dict[int, str]:
+        """{ifindex: name} of a namespace's interfaces."""
+        out = self.exec(ns, [self._ip, "-o", "link", "show"]).stdout
+        names = {}
+        for line in out.splitlines():
+            m = re.match(r"(\d+):\s+([^:@\s]+)", line)
+            if m:
+                names[int(m.group(1))] = m.group(2)
+        return names
+
+    def set_mtu(self, ns, dev, mtu: int):
+        self.exec(ns, [self._ip, "link", "set", "dev", dev, "mtu", str(mtu)])
+
+    def snmp(self, ns) -> dict[str, int]:
+        """The IP counters of a namespace (/proc/net/snmp, /proc/net/netstat, /proc/net/snmp6), as
+        {"Ip.ReasmOKs": n, "IpExt.ReasmOverlaps": n, "Ip6ReasmOKs": n, ...}."""
+        out = self.exec(ns, ["cat", "/proc/net/snmp", "/proc/net/netstat", "/proc/net/snmp6"]).stdout
+        values, header = {}, None
+        for line in out.splitlines():
+            parts = line.split()
+            if not parts:
+                continue
+            if parts[0].endswith(":"):
+                if header and header[0] == parts[0] and not parts[1].lstrip("-").isdigit():
+                    header = parts
+                elif header and header[0] == parts[0]:
+                    values.update({f"{parts[0][:-1]}.{k}": int(v) for k, v in zip(header[1:], parts[1:])})
+                    header = None
+                else:
+                    header = parts
+            elif len(parts) == 2 and parts[1].lstrip("-").isdigit():
+                values[parts[0]] = int(parts[1])
+        return values
+
     # ---- crafted packets --------------------------------------------------------------------------
     def sender(self, ns) -> "RawSender":
         """A process in `ns` that sends raw IP packets (built by the caller) through a raw socket
@@ -442,21 +501,7 @@ class NflogCapture:
 
     def records(self) -> int:
         """Complete pcap records in the file so far (-1: no file header yet)."""
-        try:
-            data = self.path.read_bytes()
-        except FileNotFoundError:
-            return -1
-        if len(data) < 24:
-            return -1
-        order = "<" if data[:4] in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1") else ">"
-        n, pos = 0, 24
-        while pos + 16 <= len(data):
-            caplen = struct.unpack_from(order + "I", data, pos + 8)[0]
-            if pos + 16 + caplen > len(data):
-                break
-            pos += 16 + caplen
-            n += 1
-        return n
+        return pcap_records(self.path)
 
     def wait_records(self, n: int, timeout: float = 5.0):
         """Wait until the file holds at least n records."""
@@ -525,6 +570,192 @@ class NflogCapture:
         if self.proc and self.proc.popen.poll() is None:
             self.proc.popen.kill()
             self.proc.popen.wait(timeout=5)
+
+
+# The lab's own unicast traffic: both ends in the lab's prefixes, IPv6 neighbour discovery (ICMPv6
+# types 133-137) left out.  Router solicitations, MLD reports and neighbour solicitations to
+# multicast addresses come and go on their own schedule; filtering them out of both the ingress
+# capture and the NFLOG records keeps the two views aligned at their edges.  (A fragment carries
+# next header 44, so a fragmented packet is never taken for neighbour discovery.)
+LAB_UNICAST_BPF = ("(ip and src net 10.231.0.0/16 and dst net 10.231.0.0/16) or "
+                   "(ip6 and src net fd31::/16 and dst net fd31::/16 "
+                   "and not (ip6[6] == 58 and ip6[40] >= 133 and ip6[40] <= 137))")
+_LAB_NETS = (ipaddress.ip_network("10.231.0.0/16"), ipaddress.ip_network("fd31::/16"))
+
+
+def lab_unicast(packet: bytes) -> bool:
+    """Whether an IP packet passes LAB_UNICAST_BPF."""
+    if not packet:
+        return False
+    if packet[0] >> 4 == 4:
+        src, dst = packet[12:16], packet[16:20]
+    elif packet[0] >> 4 == 6 and len(packet) >= 40:
+        if packet[6] == 58 and len(packet) > 40 and 133 <= packet[40] <= 137:
+            return False
+        src, dst = packet[8:24], packet[24:40]
+    else:
+        return False
+    return all(any(ipaddress.ip_address(a) in net for net in _LAB_NETS) for a in (src, dst))
+
+
+def pcap_records(path) -> int:
+    """Complete pcap records in a file being written (-1: no file header yet)."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        return -1
+    if len(data) < 24:
+        return -1
+    order = "<" if data[:4] in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1") else ">"
+    n, pos = 0, 24
+    while pos + 16 <= len(data):
+        caplen = struct.unpack_from(order + "I", data, pos + 8)[0]
+        if pos + 16 + caplen > len(data):
+            break
+        pos += 16 + caplen
+        n += 1
+    return n
+
+
+class IngressCapture:
+    """tcpdump in the gateway on all its interfaces, inbound packets only, written packet by packet.
+
+    --immediate-mode: libpcap hands each packet over at once (TPACKET_V3 would hold packets in a
+    ring block for up to its timeout, and lose the unfinished block on exit); -Q in: no outbound
+    packet (the gateway's forwarded, refragmented copies); one socket for every interface, so the
+    file's order is the order in which the packets reached the gateway's stack."""
+
+    def __init__(self, lab: NetnsLab, path: Path, bpf: str):
+        self.lab, self.path, self.bpf = lab, path, bpf
+        self.proc: Proc | None = None
+        self.stderr = ""
+        self.interfaces: dict[int, str] = {}
+
+    def start(self, timeout: float = 10.0):
+        if self.path.exists():
+            self.path.unlink()
+        self.interfaces = self.lab.interface_names(self.lab.gateway)
+        self.proc = self.lab.spawn(self.lab.gateway,
+                                   [_which("tcpdump"), "-i", "any", "-Q", "in", "--immediate-mode", "-U",
+                                    "-n", "-Z", "root", "-B", "4096", "-w", str(self.path), self.bpf],
+                                   what="ingress tcpdump")
+        deadline = time.monotonic() + timeout
+        fd = self.proc.popen.stderr.fileno()
+        err = b""
+        while b"listening on" not in err:
+            left = deadline - time.monotonic()
+            if left <= 0 or self.proc.popen.poll() is not None:
+                raise LabError(f"ingress tcpdump did not start listening: {err.decode(errors='replace')}")
+            ready, _, _ = select.select([fd], [], [], left)
+            if ready:
+                chunk = os.read(fd, 4096)
+                if not chunk:
+                    raise LabError(f"ingress tcpdump closed stderr: {err.decode(errors='replace')}")
+                err += chunk
+        while self.records() < 0:
+            if time.monotonic() > deadline:
+                raise LabError("ingress tcpdump did not create its file")
+            time.sleep(0.01)
+
+    def records(self) -> int:
+        return pcap_records(self.path)
+
+    def packets(self):
+        return read_ingress(self.path, self.interfaces)
+
+    def wait_packet(self, packet: bytes, after: int = 0, timeout: float = 5.0) -> int:
+        """Wait until a packet after the first `after` ones is `packet` (as sent: the same bytes,
+        except the IPv4 header checksum, which the sending kernel fills in); returns its index."""
+        v4 = packet[0] >> 4 == 4
+
+        def same(got):
+            if v4:
+                return got[:10] == packet[:10] and got[12:] == packet[12:]
+            return got == packet
+        deadline = time.monotonic() + timeout
+        while True:
+            for i, rec in enumerate(self.packets()[after:], after):
+                if same(rec.packet):
+                    return i
+            if time.monotonic() > deadline:
+                raise LabError(f"the gateway did not receive the packet {packet.hex()} within {timeout} s")
+            time.sleep(0.005)
+
+    def settle(self, quiet: float = 0.2, timeout: float = 5.0) -> int:
+        """Wait until the file has not grown for `quiet` seconds; returns its record count."""
+        deadline = time.monotonic() + timeout
+        last, since = None, time.monotonic()
+        while True:
+            have = self.records()
+            now = time.monotonic()
+            if have != last:
+                last, since = have, now
+            elif now - since >= quiet:
+                return have
+            if now > deadline:
+                raise LabError(f"the ingress capture kept growing ({have} records)")
+            time.sleep(0.02)
+
+    def stop(self, timeout: float = 5.0):
+        self.settle()
+        p = self.proc.popen
+        p.send_signal(signal.SIGINT)
+        try:
+            _, err = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise LabError(f"ingress tcpdump did not stop within {timeout} s") from None
+        self.stderr = err.decode(errors="replace")
+        m = re.search(r"(\d+) packets? dropped by kernel", self.stderr)
+        if m and int(m.group(1)):
+            raise LabError(f"ingress tcpdump lost packets: {self.stderr}")
+        m = re.search(r"(\d+) packets? captured", self.stderr)
+        if not m:
+            raise LabError(f"ingress tcpdump printed no packet count: {self.stderr}")
+        if int(m.group(1)) != self.records():
+            raise LabError(f"ingress tcpdump captured {m.group(1)} packets, its file holds {self.records()}")
+
+    def kill(self):
+        if self.proc and self.proc.popen.poll() is None:
+            self.proc.popen.kill()
+            self.proc.popen.wait(timeout=5)
+
+
+@dataclass
+class IngressPacket:
+    ts: float
+    interface: str           # the gateway's interface it arrived on
+    packet: bytes            # from the IP header on
+
+
+def read_ingress(path, interfaces: dict[int, str] | None = None) -> list[IngressPacket]:
+    """The IP packets of a `tcpdump -i any` pcap (link type LINUX_SLL or LINUX_SLL2)."""
+    data = Path(path).read_bytes()
+    magic = data[:4]
+    if magic in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1"):
+        order = "<"
+    elif magic in (b"\xa1\xb2\xc3\xd4", b"\xa1\xb2\x3c\x4d"):
+        order = ">"
+    else:
+        raise LabError(f"{path}: not a pcap file")
+    nsec = magic in (b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d")
+    linktype = struct.unpack_from(order + "I", data, 20)[0] & 0xFFFF
+    if linktype not in (113, 276):
+        raise LabError(f"{path}: link type {linktype}, not LINUX_SLL (113) or LINUX_SLL2 (276)")
+    out, pos = [], 24
+    while pos + 16 <= len(data):
+        sec, frac, caplen, _wire = struct.unpack_from(order + "IIII", data, pos)
+        if pos + 16 + caplen > len(data):
+            break
+        rec = data[pos + 16:pos + 16 + caplen]
+        pos += 16 + caplen
+        if linktype == 276:
+            ifindex = struct.unpack_from("!I", rec, 4)[0]
+            name = (interfaces or {}).get(ifindex, f"if{ifindex}")
+            packet = rec[20:]
+        else:
+            name, packet = "?", rec[16:]
+        out.append(IngressPacket(sec + frac / (1e9 if nsec else 1e6), name, packet))
+    return out
 
 
 _SENDER = r"""

@@ -59,7 +59,7 @@ def err6(src, dst, type_, code, quoted, hlim=64):
 
 
 def run(frames, t=None, zone=0, gap=0.001):
-    t = t or Tracker(max_conns=256, seed=7)
+    t = t if t is not None else Tracker(max_conns=256, seed=7)
     b = Batch.from_frames(frames, ts=[gap * i for i in range(len(frames))])
     res = t.process(b, zone=zone)
     return t, [int(x) for x in res.ct_state], res
@@ -224,15 +224,55 @@ def test_icmpv6_redirect_related():
     assert st == [TRK | NEW, TRK | REL | RPL]
 
 
-@pytest.mark.parametrize("hlim,src,opt", [(64, LL6, 4), (255, S6, 4), (255, LL6, 1)],
-                         ids=["hop-limit", "not-link-local", "no-redirected-header"])
-def test_icmpv6_redirect_refused(hlim, src, opt):
-    t, st, _ = run([eth(TCP6_SYN, 0x86DD), _redirect(hlim, src, opt)])
+@pytest.mark.parametrize("hlim,src", [(64, LL6), (255, S6)], ids=["hop-limit", "not-link-local"])
+def test_icmpv6_redirect_refused(hlim, src):
+    t, st, _ = run([eth(TCP6_SYN, 0x86DD), _redirect(hlim, src)])
     assert st == [TRK | NEW, TRK | INV]
     assert t.stats()["error"] == 1
+
+
+def test_icmpv6_redirect_without_redirected_header_first_is_ordinary_icmpv6():
+    # Kernel nf_conntrack_icmpv6_redirect: a first option other than the Redirected Header leaves
+    # the packet to normal tracking, where type 137 (no reply type) is invalid.
+    t, st, _ = run([eth(TCP6_SYN, 0x86DD), _redirect(255, LL6, opt_type=2)])
+    assert st == [TRK | NEW, TRK | INV]
+    s = t.stats()
+    assert s["error"] == 0 and s["invalid"] == 1
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_icmp_of_the_other_family_is_invalid(family):
+    # ICMP in IPv6 / ICMPv6 in IPv4: no error handler runs and the trackers refuse the family.
+    if family == 4:
+        frames = [eth(ip4pkt(A, S, 58, icmp(128, 0, struct.pack("!HH", 1, 1), b"")), 0x0800),
+                  eth(ip4pkt(A, S, 58, icmp(1, 4, b"\0" * 4, UDP_REQ[:28])), 0x0800)]
+    else:
+        frames = [eth(ip6pkt(A6, S6, 1, icmp(8, 0, struct.pack("!HH", 1, 1), b"")), 0x86DD),
+                  eth(ip6pkt(A6, S6, 1, icmp(3, 3, b"\0" * 4, UDP_REQ[:28])), 0x86DD)]
+    t, st, _ = run(frames)
+    assert st == [TRK | INV, TRK | INV]
+    s = t.stats()
+    assert s["invalid"] == 2 and s["error"] == 0 and len(t) == 0
+    assert s["reasons"] == {"ICMP in IPv6 or ICMPv6 in IPv4": 2}
 
 
 @pytest.mark.parametrize("itype", [151, 152])
 def test_icmpv6_multicast_router_discovery_untracked(itype):
     t, st, _ = run([eth(ip6pkt(LL6, "ff02::6a", 58, icmp(itype, 0, b"\0" * 4, b"")), 0x86DD)])
     assert st == [0] and t.stats()["untracked"] == 1
+
+
+@pytest.mark.parametrize("dccp_tracker", [False, True])
+def test_error_quoting_dccp(dccp_tracker):
+    # DCCP Request (48-bit sequence numbers): generic by default (no ports), keyed by ports with the
+    # dccp tracker; the error finds the connection either way, from the quoted ports in the latter.
+    # Generic header with 48-bit sequence number (RFC 4340 5.1): ports, data offset 5 words,
+    # CCVal/CsCov, checksum, type 0 (Request) with X=1, reserved, sequence; then the service code.
+    req = struct.pack("!HHBBHBBHI", 5000, 6000, 5, 0, 0, 0 << 1 | 1, 0, 0, 1) + struct.pack("!I", 7)
+    pkt = ip4pkt(A, S, 33, req)
+    t = Tracker(max_conns=64, seed=3, dccp_tracker=dccp_tracker)
+    t, st, _ = run([eth(pkt, 0x0800), err4(S, A, 3, 3, pkt, n=len(pkt))], t=t)
+    assert st == [TRK | NEW, TRK | REL | RPL]
+    rec = t.lookup(A, S, "dccp", 5000, 6000)
+    assert rec is not None and rec["packets"] == [1, 0]
+    assert (rec["sport"], rec["dport"]) == ((5000, 6000) if dccp_tracker else (0, 0))

@@ -17,6 +17,13 @@ and crafted), SYN to a closed port, unanswered SYN retransmitted, invalid TCP (S
 ACK far out of window), mid-stream pickup, reopening a TIME_WAIT entry, UDP request/response (IPv4,
 IPv6), one-way, stream, UDP to a closed port (ICMP/ICMPv6 error: related), ICMP/ICMPv6 echo.
 
+IP fragments (IPv4 and IPv6): the gateway's conntrack sees reassembled datagrams only, so fastct's
+input there is a second capture, of the packets as they arrive at the gateway (see the section
+"IP fragments" below).  Scenarios: large UDP requests and replies fragmented by the sending kernel
+(IPv6 also over an MTU 1280 link), large ICMP/ICMPv6 echoes and their replies, and crafted
+fragments: out of order (last first), an exact duplicate, an overlapping fragment (the datagram is
+dropped), a fragment inside a run of contiguous ones (a duplicate to the kernel).
+
 Needs root, `ip netns`, nft, conntrack and tcpdump; skipped without them (failed instead when CI is
 set and a tool is missing).
 """
@@ -25,15 +32,17 @@ from __future__ import annotations
 import functools
 import os
 import socket
+import struct
 import textwrap
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import dpkt
 import pytest
 
 from conntrack_lines import parse_table
-from netns_lab import NetnsLab, list_namespaces, missing_tools, read_nflog, sweep_stale, unavailable_reason
+from netns_lab import (NetnsLab, lab_unicast, list_namespaces, missing_tools, read_ingress, read_nflog,
+                       sweep_stale, unavailable_reason)
 
 pytestmark = pytest.mark.kernel
 
@@ -202,8 +211,14 @@ def compare(run: Run) -> list[str]:
             ts, fam, _, payload = run.records[i]
             problems.append(f"packet #{i + 1} (+{ts - t0:.3f} s) {summary(fam, payload)}: "
                             f"kernel {verdict_name(k)} (0x{k:02x}), fastct {verdict_name(f)} (0x{f:02x})")
-    kernel = {(r["l3"], r["proto"], r["orig"]): r for r in parse_table(run.kernel_text)}
-    ours = {(r["l3"], r["proto"], r["orig"]): r for r in parse_table(run.fastct_text)}
+    return problems + compare_tables(run.kernel_text, run.fastct_text)
+
+
+def compare_tables(kernel_text: str, fastct_text: str) -> list[str]:
+    """Every difference between two tables in `conntrack -L -o extended` format."""
+    problems = []
+    kernel = {(r["l3"], r["proto"], r["orig"]): r for r in parse_table(kernel_text)}
+    ours = {(r["l3"], r["proto"], r["orig"]): r for r in parse_table(fastct_text)}
     for key, k in kernel.items():
         o = ours.pop(key, None)
         if o is None:
@@ -764,3 +779,505 @@ def test_icmp_echo(lab, tmp_path, family):
     echo = [i for i, l4 in enumerate(icmp_messages(run)) if l4 is not None and l4.type in (0, 8, 128, 129)]
     assert_kernel_verdicts(run, echo, ["new", "est,rpl", "est", "est,rpl"])
     assert_same(run)
+
+
+# ---- IP fragments ----------------------------------------------------------------------------------
+# The gateway's conntrack never sees a fragment: nf_defrag (prerouting, priority -400) reassembles
+# each datagram first, so the NFLOG records at -150 hold whole datagrams, one per datagram, logged
+# when its last missing fragment arrived.  fastct's input is therefore a second capture, of the
+# packets as they arrived at the gateway (tcpdump -i any -Q in there, NetnsLab.ingress_capture):
+# fragments as sent, in arrival order, never the gateway's own refragmented output.  fastct holds
+# each fragment until its datagram is complete (held, ct_state 0), gives the completing fragment the
+# datagram's verdict, and drops a fragment the kernel drops (trk|inv, counted in frag_dropped).  So
+# the verdicts fastct gives the packets it neither held nor dropped, in order, must be the kernel's
+# NFLOG verdicts; the final tables are compared as everywhere else (bytes: whole datagrams).
+@dataclass
+class FragRun:
+    packets: list            # IngressPacket per packet of the ingress capture (fastct's input)
+    states: list             # fastct's ct_state per ingress packet
+    held: list               # fastct held the packet (a fragment of an incomplete datagram)
+    dropped: list            # fastct dropped the fragment (its frag_dropped counter grew)
+    records: list            # NFLOG records (the lab's unicast traffic): (ts, family, prefix, ip bytes)
+    kernel: list             # the kernel's ct_state per record
+    kernel_text: str
+    fastct_text: str
+    stats: dict = field(repr=False)     # fastct's counters at the end
+    snmp: dict = field(repr=False)      # the gateway's IP counters: growth during the capture
+
+    @property
+    def tracked(self):
+        """Indices of the ingress packets fastct tracked: neither held nor dropped."""
+        return [i for i, (h, d) in enumerate(zip(self.held, self.dropped)) if not h and not d]
+
+    def fragments(self):
+        """Indices of the ingress packets that are fragments."""
+        return [i for i, p in enumerate(self.packets) if frag_info(p.packet) is not None]
+
+
+def frag_info(packet: bytes):
+    """(id, offset, more fragments, protocol, where its data starts) of an IPv4 or IPv6 fragment;
+    None for a whole packet."""
+    if packet[0] >> 4 == 4:
+        fo = int.from_bytes(packet[6:8], "big")
+        if fo & 0x3FFF:
+            return (int.from_bytes(packet[4:6], "big"), (fo & 0x1FFF) * 8, bool(fo & 0x2000), packet[9],
+                    (packet[0] & 15) * 4)
+        return None
+    nh, pos = packet[6], 40
+    while nh in (0, 43, 60) and pos + 8 <= len(packet):
+        nh, pos = packet[pos], pos + (packet[pos + 1] + 1) * 8
+    if nh != 44 or pos + 8 > len(packet):
+        return None
+    fo = int.from_bytes(packet[pos + 2:pos + 4], "big")
+    if not fo & 0xFFF9:
+        return None                                  # an atomic fragment: a whole packet
+    return int.from_bytes(packet[pos + 4:pos + 8], "big"), fo & 0xFFF8, bool(fo & 1), packet[pos], pos + 8
+
+
+def packet_summary(packet: bytes) -> str:
+    """One line for an IP packet as it arrived: whole packets as `summary` says, fragments by id,
+    offset and length (and ports, for a first fragment)."""
+    info = frag_info(packet)
+    family = 2 if packet[0] >> 4 == 4 else 10
+    if info is None:
+        return summary(family, packet)
+    ident, off, more, proto, start = info
+    af = socket.AF_INET if family == 2 else socket.AF_INET6
+    src, dst = (packet[12:16], packet[16:20]) if family == 2 else (packet[8:24], packet[24:40])
+    data = packet[start:]
+    ports = ""
+    if off == 0 and proto in (6, 17) and len(data) >= 4:
+        ports = f" sport={int.from_bytes(data[:2], 'big')} dport={int.from_bytes(data[2:4], 'big')}"
+    return (f"IPv{4 if family == 2 else 6} len={len(packet)} FRAGMENT proto={proto} "
+            f"{socket.inet_ntop(af, src)} > {socket.inet_ntop(af, dst)} id=0x{ident:x} "
+            f"off={off} data={len(data)}{' MF' if more else ''}{ports}")
+
+
+def observe_fragments(lab, tmp_path, traffic) -> FragRun:
+    """Run `traffic(cap, icap)` (cap: the NFLOG capture, icap: the ingress capture) while both
+    captures run, take the kernel's table, then track the ingress capture with fastct."""
+    ingress, nflog = tmp_path / "gateway_ingress.pcap", tmp_path / "gateway_nflog.pcap"
+    before = lab.snmp(lab.gateway)
+    with lab.ingress_capture(ingress) as icap:
+        with lab.capture(nflog) as cap:
+            traffic(cap, icap)
+            cap.settle()
+            kernel_text = lab.conntrack_table()
+    after = lab.snmp(lab.gateway)
+    records = [r for r in read_nflog(nflog) if r[3] and lab_unicast(r[3])]
+    unknown = [(i + 1, r[2]) for i, r in enumerate(records) if r[2] not in VERDICT_BITS]
+    assert not unknown, f"records without a known verdict prefix (packet number, prefix): {unknown}"
+    packets = read_ingress(ingress, icap.interfaces)
+    stamps = [p.ts for p in packets]
+    assert stamps == sorted(stamps), "lab check: the ingress capture is not in arrival order"
+    assert all(lab_unicast(p.packet) for p in packets), "lab check: the ingress capture's filter"
+    states, held, dropped, stats, text = run_fastct_ingress(ingress)
+    assert len(states) == len(packets), f"fastct read {len(states)} packets, the capture has {len(packets)}"
+    return FragRun(packets, states, held, dropped, records, [VERDICT_BITS[r[2]] for r in records],
+                   kernel_text, text, stats, {k: after[k] - before.get(k, 0) for k in after})
+
+
+def run_fastct_ingress(pcap):
+    """fastct on the ingress capture, twice: in batches of 7 (verdicts, held flags, table, counters)
+    and packet by packet (which packets grew frag_dropped).  Both runs must agree."""
+    from fastct import CaptureReader, Tracker
+    from fastct.conntrack_fmt import format_table
+
+    def track(batch_size):
+        tracker = Tracker(seed=1)
+        states, held, dropped = [], [], []
+        reader = CaptureReader(pcap, batch_size=batch_size)
+        try:
+            for batch in reader:
+                was = tracker.stats()["frag_dropped"]
+                res = tracker.process(batch)
+                states += [int(s) for s in res.ct_state]
+                held += [bool(h) for h in res.held]
+                dropped.append(tracker.stats()["frag_dropped"] - was)
+            assert reader.error is None, reader.error
+        finally:
+            reader.close()
+        return tracker, states, held, dropped
+
+    _, states1, held1, dropped1 = track(1)
+    tracker, states, held, _ = track(7)
+    assert (states1, held1) == (states, held), (
+        f"fastct's verdicts differ between batches of 1 and of 7:\n  {states1} {held1}\n  {states} {held}")
+    lines = format_table(tracker.entries(), tracker.cold()["start"], tracker.now)
+    stats = tracker.stats()
+    return states, held, [d > 0 for d in dropped1], stats, "\n".join(lines) + ("\n" if lines else "")
+
+
+def fastct_name(run: FragRun, i: int) -> str:
+    if run.held[i]:
+        return "held" if run.states[i] == 0 else f"held+0x{run.states[i]:02x}"
+    if run.dropped[i]:
+        return "dropped" + ("" if run.states[i] == TRK | INV else f"+0x{run.states[i]:02x}")
+    return verdict_name(run.states[i])
+
+
+def frag_report(run: FragRun, problems) -> str:
+    t0 = run.packets[0].ts if run.packets else 0.0
+    pair = dict(zip(run.tracked, range(len(run.records))))
+    listing = []
+    for i, p in enumerate(run.packets):
+        k = pair.get(i)
+        kernel = f"record #{k + 1} {run.records[k][2]}" if k is not None else "-"
+        listing.append(f"  #{i + 1:<3} +{p.ts - t0:7.3f} s {p.interface:<7} fastct {fastct_name(run, i):<9} "
+                       f"kernel {kernel:<18} {packet_summary(p.packet)}")
+    t1 = run.records[0][0] if run.records else 0.0
+    records = [f"  #{i + 1:<3} +{ts - t1:7.3f} s  kernel {prefix:<9} {summary(fam, payload)}"
+               for i, (ts, fam, prefix, payload) in enumerate(run.records)]
+    frag_stats = {k: v for k, v in run.stats.items() if k.startswith("frag_")}
+    snmp = {k: v for k, v in run.snmp.items() if "Reasm" in k and v}
+    return ("fastct differs from the kernel's conntrack:\n  " + "\n  ".join(problems)
+            + "\n\npackets as they arrived at the gateway (fastct's input), each with fastct's result "
+              "and the NFLOG record it is paired with:\n" + "\n".join(listing)
+            + "\n\nNFLOG records (the gateway's conntrack, after defragmentation):\n" + "\n".join(records)
+            + f"\n\nfastct: {frag_stats}; the gateway's reassembly counters (growth): {snmp}"
+            + "\n\nkernel (conntrack -L -o extended):\n" + run.kernel_text + "fastct:\n" + run.fastct_text)
+
+
+def assert_same_fragments(run: FragRun):
+    """fastct's verdicts for the packets it tracked (neither held nor dropped) are the kernel's
+    NFLOG verdicts, in order, and the final tables match."""
+    problems = []
+    tracked = run.tracked
+    ours = [run.states[i] for i in tracked]
+    if len(ours) != len(run.kernel):
+        problems.append(f"fastct tracked {len(ours)} packets (datagrams), "
+                        f"the kernel logged {len(run.kernel)}")
+    for n, (i, k) in enumerate(zip(tracked, run.kernel)):
+        f = run.states[i]
+        if k != f:
+            problems.append(f"packet #{i + 1} {packet_summary(run.packets[i].packet)} / record #{n + 1} "
+                            f"{summary(run.records[n][1], run.records[n][3])}: kernel {verdict_name(k)} "
+                            f"(0x{k:02x}), fastct {verdict_name(f)} (0x{f:02x})")
+    for i in range(len(run.packets)):
+        if run.held[i] and run.states[i] != 0:
+            problems.append(f"packet #{i + 1}: held with ct_state 0x{run.states[i]:02x} (not 0)")
+        if run.held[i] and frag_info(run.packets[i].packet) is None:
+            problems.append(f"packet #{i + 1}: held, but it is not a fragment")
+    problems += compare_tables(run.kernel_text, run.fastct_text)
+    assert not problems, frag_report(run, problems)
+
+
+def assert_frag_kernel(run: FragRun, expected):
+    """Lab check: the kernel's verdicts are what the scenario is built to produce."""
+    got = [r[2] for r in run.records]
+    assert got == expected, (f"lab check: the kernel's verdicts are {got}, the scenario expects {expected}\n"
+                             + frag_report(run, ["(lab check)"]))
+
+
+def assert_fastct_results(run: FragRun, expected):
+    """fastct's result per ingress packet ('held', 'dropped' or a verdict name) is the scenario's
+    (where the kernel's view cannot say it: held and dropped fragments leave no NFLOG record)."""
+    got = [fastct_name(run, i) for i in range(len(run.packets))]
+    assert got == expected, (f"fastct's results per arriving packet are {got}, expected {expected}\n"
+                             + frag_report(run, ["(per-packet results)"]))
+
+
+def expected_fragments(length: int, mtu: int, v6: bool) -> int:
+    """How many fragments a sender makes of an IP payload of `length` bytes for a link of `mtu`."""
+    per = (mtu - (48 if v6 else 20)) & ~7
+    return -(-length // per)
+
+
+def udp_ip_packet(src, dst, sport, dport, payload: bytes, ident: int = 0) -> bytes:
+    """A whole IPv4 or IPv6 UDP packet with a correct UDP checksum (IPv4: `ident` in its id field)."""
+    v6 = ":" in src
+    af = socket.AF_INET6 if v6 else socket.AF_INET
+    s, d = socket.inet_pton(af, src), socket.inet_pton(af, dst)
+    ulen = 8 + len(payload)
+    pseudo = s + d + (struct.pack("!IxxxB", ulen, 17) if v6 else struct.pack("!xBH", 17, ulen))
+    udp = struct.pack("!HHHH", sport, dport, ulen, 0) + payload
+    total = _csum(pseudo + udp)
+    udp = udp[:6] + struct.pack("!H", total or 0xFFFF) + udp[8:]
+    if v6:
+        return struct.pack("!IHBB", 6 << 28, ulen, 17, 64) + s + d + udp
+    return struct.pack("!BBHHHBBH", 0x45, 0, 20 + ulen, ident, 0, 64, 17, 0) + s + d + udp
+
+
+def _csum(data: bytes) -> int:
+    data += b"\0" * (len(data) % 2)
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total >> 16) + (total & 0xFFFF)
+    return ~total & 0xFFFF
+
+
+def ip_fragment(packet: bytes, start: int, end: int, more: bool | None = None, ident: int = 0) -> bytes:
+    """The fragment of a whole packet (from udp_ip_packet) holding bytes [start, end) of its IP
+    payload; `more` (MF / M) defaults to whether the payload goes on past `end`.  IPv4 keeps the
+    packet's id; IPv6 gets a fragment header with `ident`."""
+    v6 = packet[0] >> 4 == 6
+    head = 40 if v6 else (packet[0] & 15) * 4
+    payload = packet[head:]
+    more = end < len(payload) if more is None else more
+    piece = payload[start:end]
+    if v6:
+        frag = struct.pack("!BBHI", packet[6], 0, start | int(more), ident)
+        return packet[:4] + struct.pack("!HBB", 8 + len(piece), 44, packet[7]) + packet[8:40] + frag + piece
+    flags = (start // 8) | (0x2000 if more else 0)
+    return (packet[:2] + struct.pack("!H", head + len(piece)) + packet[4:6] + struct.pack("!H", flags)
+            + packet[8:10] + b"\0\0" + packet[12:head] + piece)
+
+
+class Fragments:
+    """Crafted fragments from the client, sent one at a time from its raw sender: `send` returns
+    once the fragment has arrived at the gateway (ingress capture) and, for the fragment that
+    completes a datagram, once the gateway has logged the whole datagram (NFLOG)."""
+
+    def __init__(self, lab, cap, icap):
+        self.lab, self.cap, self.icap = lab, cap, icap
+        self.sender = lab.sender(lab.client)
+        self.arrived = 0
+        self.logged = 0
+
+    def send(self, fragment: bytes, completes: bytes | None = None):
+        """Send one fragment; `completes`: the whole packet it completes (then wait for its log)."""
+        self.sender.send(fragment)
+        self.arrived = self.icap.wait_packet(fragment, after=self.arrived) + 1
+        if completes is not None:
+            self.logged = self.cap.wait_packet(completes, after=self.logged) + 1
+
+
+def udp_echo_server(lab, addr, port, count: int, reply: bytes = b"ok"):
+    """Receives `count` datagrams in the server namespace and answers each with `reply`."""
+    family = "AF_INET6" if ":" in addr else "AF_INET"
+    proc = lab.spawn_python(lab.server, py(f"""
+        import socket
+        s = socket.socket(socket.{family}, socket.SOCK_DGRAM); s.settimeout(10)
+        s.bind(({addr!r}, {port}))
+        print("ready", flush=True)
+        for i in range({count}):
+            data, peer = s.recvfrom(65536)
+            s.sendto({reply!r}, peer)
+            print("got", len(data), flush=True)
+        print("done", flush=True)
+    """), what="udp server")
+    proc.expect("ready")
+    return proc
+
+
+FRAG_UDP_CASES = [
+    # family, request size, reply size, client link MTU (None: 1500)
+    ("ipv4", 3000, 10, None),
+    ("ipv4", 20, 4000, None),
+    ("ipv6", 3000, 10, None),
+    ("ipv6", 3000, 10, 1280),
+    ("ipv6", 20, 4000, None),
+]
+
+
+@pytest.mark.parametrize("family,req_size,reply,mtu", FRAG_UDP_CASES,
+                         ids=[f"{f}-req{q}-rep{r}-mtu{m or 1500}" for f, q, r, m in FRAG_UDP_CASES])
+def test_frag_udp(lab, tmp_path, family, req_size, reply, mtu):
+    """Real sockets, two request/response exchanges of which the request or the reply is larger than
+    the path MTU: the sending kernel fragments it (IPv4 with DF off: IP_PMTUDISC_DONT; IPv6 at the
+    source, as IPv6 always does)."""
+    v6 = family == "ipv6"
+    addr = S6 if v6 else S4
+    if mtu:
+        lab.set_mtu(lab.client, "cli0", mtu)
+        lab.set_mtu(lab.gateway, "gw-cli", mtu)
+
+    def traffic(cap, icap):
+        srv = udp_echo_server(lab, addr, 5401, 2, reply=b"r" * reply)
+        out = lab.run_python(lab.client, py(f"""
+            import socket
+            s = socket.socket(socket.{'AF_INET6' if v6 else 'AF_INET'}, socket.SOCK_DGRAM); s.settimeout(5)
+            if not {v6!r}:
+                s.setsockopt(socket.IPPROTO_IP, 10, 0)   # IP_MTU_DISCOVER, IP_PMTUDISC_DONT (linux/in.h)
+            s.connect(({addr!r}, 5401))
+            for i in range(2):
+                s.send(b"q" * {req_size})
+                print("reply", len(s.recv(65536)), flush=True)
+        """))
+        assert out.count(f"reply {reply}") == 2, out
+        assert srv.finish()[0] == 0
+
+    run = observe_fragments(lab, tmp_path, traffic)
+    assert_frag_kernel(run, ["new", "est,rpl", "est", "est,rpl"])
+    # Lab check: the large datagrams reached the gateway in as many fragments as the sender makes.
+    big = max(req_size, reply) + 8
+    link = (mtu or 1500) if req_size > reply else 1500
+    assert len(run.fragments()) == 2 * expected_fragments(big, link, v6), frag_report(run, ["(lab check)"])
+    if not v6:
+        assert run.snmp["Ip.ReasmOKs"] == 2, frag_report(run, ["lab check: the gateway's ReasmOKs grew "
+                                                               f"{run.snmp['Ip.ReasmOKs']}, not 2"])
+    assert_same_fragments(run)
+    assert run.stats["frag_reassembled"] == 2, frag_report(
+        run, [f"fastct reassembled {run.stats['frag_reassembled']} datagrams, not 2"])
+
+
+@pytest.mark.parametrize("family", ["ipv4", "ipv6"])
+def test_frag_icmp_echo(lab, tmp_path, family):
+    """Two echo requests with 3000 bytes of data from a raw socket (the client's kernel fragments
+    them) and their replies (the server's kernel fragments them)."""
+    v6 = family == "ipv6"
+    addr = S6 if v6 else S4
+
+    def traffic(cap, icap):
+        out = lab.run_python(lab.client, py(f"""
+            import socket, struct, time
+            v6 = {v6!r}
+            def csum(b):
+                b += b"\\0" * (len(b) % 2)
+                s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+                while s >> 16:
+                    s = (s >> 16) + (s & 0xFFFF)
+                return ~s & 0xFFFF
+            if v6:
+                s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+            else:
+                s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+                s.setsockopt(socket.IPPROTO_IP, 10, 0)   # IP_MTU_DISCOVER, IP_PMTUDISC_DONT (linux/in.h)
+            s.settimeout(5)
+            for seq in (1, 2):
+                body = struct.pack("!HH", 0x4343, seq) + bytes(i & 255 for i in range(3000))
+                req = struct.pack("!BBH", 128 if v6 else 8, 0, 0) + body
+                if not v6:                       # the kernel fills in the ICMPv6 checksum
+                    req = req[:2] + struct.pack("!H", csum(req)) + req[4:]
+                s.sendto(req, ({addr!r}, 0))
+                deadline = time.monotonic() + 5
+                while time.monotonic() < deadline:
+                    data = s.recv(65536)
+                    icmp = data if v6 else data[(data[0] & 15) * 4:]
+                    if icmp[0] == (129 if v6 else 0) and icmp[4:8] == body[:4]:
+                        print("reply", seq, len(icmp), flush=True); break
+                time.sleep(0.2)
+        """))
+        assert "reply 2 3008" in out, out
+
+    run = observe_fragments(lab, tmp_path, traffic)
+    assert_frag_kernel(run, ["new", "est,rpl", "est", "est,rpl"])
+    assert len(run.fragments()) == 4 * expected_fragments(3008, 1500, v6), frag_report(run, ["(lab check)"])
+    if not v6:
+        assert run.snmp["Ip.ReasmOKs"] == 4, frag_report(run, ["lab check: the gateway's ReasmOKs grew "
+                                                               f"{run.snmp['Ip.ReasmOKs']}, not 4"])
+    assert_same_fragments(run)
+    assert run.stats["frag_reassembled"] == 4, frag_report(
+        run, [f"fastct reassembled {run.stats['frag_reassembled']} datagrams, not 4"])
+
+
+# Crafted fragments of one UDP datagram of 2008 bytes (8 header + 2000 data): A = [0, 800),
+# B = [800, 1600), C = [1600, 2008) (the last).
+PIECES = {"A": (0, 800), "B": (800, 1600), "C": (1600, 2008)}
+
+
+def crafted_datagram(family, sport, dport, ident):
+    src, dst = (C6, S6) if family == "ipv6" else (C4, S4)
+    packet = udp_ip_packet(src, dst, sport, dport, bytes(i * 7 & 255 for i in range(2000)), ident=ident)
+    return packet, {name: ip_fragment(packet, a, b, ident=ident) for name, (a, b) in PIECES.items()}
+
+
+def quiet_udp(lab, *cports):
+    """Keep the client's kernel from answering the server's replies to crafted datagrams."""
+    for p in cports:
+        lab.drop_inbound(lab.client, f"udp dport {p}")
+
+
+@pytest.mark.parametrize("family", ["ipv4", "ipv6"])
+def test_frag_out_of_order(lab, tmp_path, family):
+    """Crafted: the last fragment first (C, B, A): the datagram is complete with its first fragment;
+    the server answers it (a reply that is not fragmented)."""
+    quiet_udp(lab, 41001)
+
+    def traffic(cap, icap):
+        srv = udp_echo_server(lab, S6 if family == "ipv6" else S4, 5411, 1)
+        whole, frags = crafted_datagram(family, 41001, 5411, 0x1101)
+        f = Fragments(lab, cap, icap)
+        f.send(frags["C"])
+        f.send(frags["B"])
+        f.send(frags["A"], completes=whole)
+        assert srv.finish()[0] == 0
+
+    run = observe_fragments(lab, tmp_path, traffic)
+    assert_frag_kernel(run, ["new", "est,rpl"])
+    assert_same_fragments(run)
+    assert_fastct_results(run, ["held", "held", "new", "est,rpl"])
+
+
+@pytest.mark.parametrize("family", ["ipv4", "ipv6"])
+def test_frag_duplicate(lab, tmp_path, family):
+    """Crafted: A, B, B again (an exact duplicate: the kernel drops it and keeps the datagram), C
+    (completes it); then B once more, after the datagram is complete: it starts a new datagram,
+    which never completes."""
+    quiet_udp(lab, 41002)
+
+    def traffic(cap, icap):
+        srv = udp_echo_server(lab, S6 if family == "ipv6" else S4, 5412, 1)
+        whole, frags = crafted_datagram(family, 41002, 5412, 0x1202)
+        f = Fragments(lab, cap, icap)
+        f.send(frags["A"])
+        f.send(frags["B"])
+        f.send(frags["B"])
+        f.send(frags["C"], completes=whole)
+        assert srv.finish()[0] == 0
+        f.send(frags["B"])
+
+    run = observe_fragments(lab, tmp_path, traffic)
+    assert_frag_kernel(run, ["new", "est,rpl"])
+    if family == "ipv4":
+        assert run.snmp["Ip.ReasmOKs"] == 1, frag_report(run, ["lab check: ReasmOKs"])
+    assert_same_fragments(run)
+    assert_fastct_results(run, ["held", "held", "dropped", "new", "est,rpl", "held"])
+
+
+@pytest.mark.parametrize("family", ["ipv4", "ipv6"])
+def test_frag_overlap(lab, tmp_path, family):
+    """Crafted: A, then a fragment overlapping it ([400, 1200)): the kernel drops the whole datagram
+    (no NFLOG record, no entry); B and C after it start a new datagram without a first fragment,
+    which never completes.  Then another datagram (another source port and id), in order, which the
+    server answers: tracking goes on as usual."""
+    quiet_udp(lab, 41003, 41004)
+
+    def traffic(cap, icap):
+        srv = udp_echo_server(lab, S6 if family == "ipv6" else S4, 5413, 1)
+        whole, frags = crafted_datagram(family, 41003, 5413, 0x1303)
+        f = Fragments(lab, cap, icap)
+        f.send(frags["A"])
+        f.send(ip_fragment(whole, 400, 1200, ident=0x1303))
+        f.send(frags["B"])
+        f.send(frags["C"])
+        whole2, frags2 = crafted_datagram(family, 41004, 5413, 0x1304)
+        f.send(frags2["A"])
+        f.send(frags2["B"])
+        f.send(frags2["C"], completes=whole2)
+        assert srv.finish()[0] == 0
+
+    run = observe_fragments(lab, tmp_path, traffic)
+    assert_frag_kernel(run, ["new", "est,rpl"])
+    assert [e["orig"] for e in kernel_entries(run) if any("sport=41003" in x for x in e["orig"])] == [], \
+        "lab check: the kernel has an entry for the overlapped datagram\n" + run.kernel_text
+    if family == "ipv4":
+        assert run.snmp.get("IpExt.ReasmOverlaps") == 1, frag_report(run, ["lab check: ReasmOverlaps"])
+    assert_same_fragments(run)
+    assert_fastct_results(run, ["held", "dropped", "held", "held", "held", "held", "new", "est,rpl"])
+
+
+@pytest.mark.parametrize("family", ["ipv4", "ipv6"])
+def test_frag_inside_run(lab, tmp_path, family):
+    """Crafted: A, B, then a fragment lying inside the run A+B ([400, 1200)), then C.  The kernel
+    keeps contiguous fragments as runs and treats a fragment within a run as a duplicate
+    (inet_frag_queue_insert: IPFRAG_DUP): dropped, the datagram kept; C completes it."""
+    quiet_udp(lab, 41005)
+
+    def traffic(cap, icap):
+        srv = udp_echo_server(lab, S6 if family == "ipv6" else S4, 5414, 1)
+        whole, frags = crafted_datagram(family, 41005, 5414, 0x1405)
+        f = Fragments(lab, cap, icap)
+        f.send(frags["A"])
+        f.send(frags["B"])
+        f.send(ip_fragment(whole, 400, 1200, ident=0x1405))
+        f.send(frags["C"], completes=whole)
+        assert srv.finish()[0] == 0
+
+    run = observe_fragments(lab, tmp_path, traffic)
+    assert_frag_kernel(run, ["new", "est,rpl"])
+    if family == "ipv4":
+        assert (run.snmp["Ip.ReasmOKs"], run.snmp.get("IpExt.ReasmOverlaps")) == (1, 0), \
+            frag_report(run, ["lab check: ReasmOKs, ReasmOverlaps"])
+    assert_same_fragments(run)
+    assert_fastct_results(run, ["held", "held", "dropped", "new", "est,rpl"])

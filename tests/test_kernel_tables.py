@@ -12,7 +12,6 @@ from conntrack_lines import parse_table
 # Connections whose protocol tracker comes with the protocol-tracking issue (GRE keys and
 # timeouts, SCTP states); everything else must match now.
 PENDING = {
-    ("bigendian-pcap_sctp_association", 132): "SCTP state machine not built yet",
 }
 
 TABLES = sorted(p.name for p in (SHARED / "kernel_tables").iterdir() if p.is_dir()) \

@@ -32,8 +32,7 @@ R_L4 = "transport header truncated"
 R_UDPLEN = "UDP length field shorter than its header or past the packet"
 R_DOFF = "TCP data offset < 5 or past the packet"
 R_ICMPERR = "ICMP error quoting no known connection"
-R_FRAG_BAD = ("fragment inconsistent (empty, past the end, or datagram over 65535 bytes): "
-              "datagram dropped")
+R_FRAG_BAD = "fragment inconsistent (empty, past the end, or datagram over 65535 bytes): dropped"
 
 # Link types (pcap LINKTYPE_* values).
 LT_NULL, LT_ETH, LT_RAW, LT_LOOP, LT_SLL = 0, 1, 101, 108, 113
@@ -490,9 +489,9 @@ def test_raw_ip_trailing_bytes_not_counted():
                                   0x1FFF],
                          ids=["MF", "offset1", "offset185", "MF+offset", "DF+offset", "max-offset"])
 def test_ipv4_fragments(frag):
-    # Held for reassembly (tests/test_fragments.py has the rest); a datagram ending past 65535
-    # bytes is dropped.
-    assert_fragment(eth(ipv4(udp(), frag=frag)), dropped=(frag & 0x1FFF) == 0x1FFF)
+    # Held for reassembly (tests/test_fragments.py has the rest; IPv4 finds a datagram too long
+    # only when it is complete).
+    assert_fragment(eth(ipv4(udp(), frag=frag)))
 
 
 def assert_fragment(frame, linktype=LT_ETH, dropped=False):
@@ -573,15 +572,17 @@ def test_ipv6_extension_header_cut_by_capture():
     assert_invalid(frame[:14 + 40 + 6], R_EXT, wirelen=len(frame))
 
 
-def test_ipv6_atomic_fragment_is_not_a_fragment():
+def test_ipv6_atomic_fragment_is_a_whole_datagram():
+    # Offset 0 and M = 0: netfilter's defrag queues it like any fragment and it completes at once;
+    # the reassembled packet has no Fragment header, so the 8 bytes are not counted.
     payload = frag6(P_UDP, 0, 0) + udp()
-    assert_tracked_udp6(ipv6(payload, nh=44), LT_IPV6, iplen=40 + 8 + 16)
+    assert_tracked_udp6(ipv6(payload, nh=44), LT_IPV6, iplen=40 + 16)
     # Reserved bits set: still offset 0 and M = 0 (RFC 8200: reserved fields are ignored).
     payload = frag6(P_UDP, 0, 0, res=3) + udp()
-    assert_tracked_udp6(ipv6(payload, nh=44), LT_IPV6, iplen=40 + 8 + 16)
+    assert_tracked_udp6(ipv6(payload, nh=44), LT_IPV6, iplen=40 + 16)
     # After other extension headers too.
     payload = hbh(44) + frag6(60) + hbh(P_UDP) + udp()
-    assert_tracked_udp6(ipv6(payload, nh=0), LT_IPV6, iplen=40 + len(payload))
+    assert_tracked_udp6(ipv6(payload, nh=0), LT_IPV6, iplen=40 + len(payload) - 8)
 
 
 @pytest.mark.parametrize("offset,more", [(0, 1), (1, 0), (1, 1), (8191, 0)])
@@ -697,12 +698,20 @@ def test_sctp_truncated(n):
     assert_invalid(eth(ipv4(sctp[:n], P_SCTP)), R_L4)
 
 
-def test_sctp_common_header_is_enough():
+def test_sctp_common_header_alone_is_invalid():
+    # The kernel's SCTP tracker refuses a packet without chunks.
     sctp = struct.pack("!HHII", 2905, 3868, 0xABCD, 0)
+    t, st = one(eth(ipv4(sctp, P_SCTP)))
+    assert st == INV | TRK and len(t) == 0
+
+
+def test_sctp_heartbeat_is_tracked_by_ports():
+    sctp = struct.pack("!HHII", 2905, 3868, 0xABCD, 0) + b"\x04\x00\x00\x04"   # HEARTBEAT
     t, st = one(eth(ipv4(sctp, P_SCTP)))
     assert st == TRK | NEW
     rec = t.lookup(A4, B4, "sctp", 2905, 3868)
-    assert rec["proto"] == P_SCTP and rec["sport"] == 2905 and rec["bytes"] == [32, 0]
+    assert rec["proto"] == P_SCTP and rec["sport"] == 2905 and rec["bytes"] == [36, 0]
+    assert rec["state_name"] == "HEARTBEAT_SENT"
 
 
 GRE = struct.pack("!HH", 0, 0x0800) + ipv4(udp(), src="192.0.2.1", dst="192.0.2.2")

@@ -175,3 +175,57 @@ def test_cli_zone_limit():
                          "--stats", "pcaps/mixed_demo.pcap"], capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0
     assert len([line for line in ok.stdout.splitlines() if line.startswith("ipv")]) == 1
+
+
+# ---- what the kernel allocates before the protocol looks at a packet ---------------------------
+FIN = 0x01
+
+
+def test_refused_packet_in_a_full_table_still_makes_room():
+    # init_conntrack allocates (early drop when full) before tcp_error/tcp_new refuse a lone FIN:
+    # an unassured entry is evicted, then the packet is invalid and nothing is added.
+    t = Tracker(max_conns=CAP, seed=6)
+    run(t, udp_flows(0, CAP))
+    fins = [tcp4(host(300_000 + i), "192.0.2.2", 1000 + i, 80, FIN | ACK, seq=1, ack=1) for i in range(50)]
+    st = run(t, fins, t0=1.0)
+    s = t.stats()
+    # Only the first finds the table full: the room it made stays free for the others.
+    assert s["early_drop"] == 1 and s["drop"] == 0
+    assert s["invalid"] == 50 and int(np.count_nonzero(st == TRK | INV)) == 50
+    assert len(t) == CAP - 1
+    assert t._engine.check_invariants() == []
+
+
+def test_refused_packet_in_a_table_of_assured_connections_is_a_drop():
+    t = Tracker(max_conns=CAP, seed=7)
+    run(t, assured_tcp(0, CAP))
+    st = run(t, [tcp4(host(300_000), "192.0.2.2", 1000, 80, FIN | ACK, seq=1, ack=1)], t0=1.0)
+    s = t.stats()
+    assert list(st) == [TRK | INV] and s["drop"] == 1 and s["invalid"] == 0 and len(t) == CAP
+
+
+def test_icmp_without_reply_type_never_allocates():
+    import dpkt
+    from pkt import ip4
+    t = Tracker(max_conns=CAP, seed=8)
+    run(t, udp_flows(0, CAP))
+    ra = dpkt.icmp.ICMP(type=9, code=0, data=b"\0" * 8)      # router advertisement: no reply type
+    ip = dpkt.ip.IP(src=ip4("10.9.9.9"), dst=ip4("192.0.2.1"), p=1, ttl=64, data=ra)
+    frame = b"\x02" * 6 + b"\x04" * 6 + b"\x08\x00" + bytes(ip)
+    assert list(run(t, [frame], t0=1.0)) == [TRK | INV]
+    s = t.stats()
+    assert s["invalid"] == 1 and s["early_drop"] == 0 and s["drop"] == 0 and len(t) == CAP
+
+
+def test_uncommitted_verdict_in_a_full_table():
+    # Kernel (and OVS's kernel datapath): ct() without commit still allocates, so it makes room.
+    # Open vSwitch's userspace conntrack (early_drop=False) allocates nothing for it.
+    for early, expect_room in ((True, True), (False, False)):
+        t = Tracker(max_conns=CAP, seed=9, early_drop=early)
+        run(t, udp_flows(0, CAP))
+        res = t.process(Batch.from_frames(udp_flows(500_000, 10), ts=[1.0] * 10), commit=False)
+        assert (res.ct_state == TRK | NEW).all()
+        s = t.stats()
+        # (Only the first finds the table full.)
+        assert s["early_drop"] == (1 if expect_room else 0) and s["drop"] == 0
+        assert len(t) == (CAP - 1 if expect_room else CAP)

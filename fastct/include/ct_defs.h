@@ -115,7 +115,7 @@
     X(TO_SCTP_HEARTBEAT_SENT, "sctp_timeout_heartbeat_sent", 30) \
     X(TO_DCCP_NONE, "dccp_timeout_none", 0) \
     X(TO_DCCP_REQUEST, "dccp_timeout_request", 240) \
-    X(TO_DCCP_RESPOND, "dccp_timeout_respond", 240) \
+    X(TO_DCCP_RESPOND, "dccp_timeout_respond", 480) \
     X(TO_DCCP_PARTOPEN, "dccp_timeout_partopen", 480) \
     X(TO_DCCP_OPEN, "dccp_timeout_open", 43200) \
     X(TO_DCCP_CLOSEREQ, "dccp_timeout_closereq", 64) \
@@ -158,10 +158,12 @@
     X(R_DCCP_NO_NEW, "DCCP packet cannot start a connection") \
     X(R_GRE_BAD, "GRE version 1 (PPTP) header not carrying PPP") \
     X(R_FRAG_NO_ROOM, "fragment of a new datagram with no room to reassemble it: dropped") \
-    X(R_FRAG_BAD, "fragment inconsistent (empty, past the end, or datagram over 65535 bytes): datagram dropped") \
+    X(R_FRAG_BAD, "fragment inconsistent (empty, past the end, or datagram over 65535 bytes): dropped") \
     X(R_FRAG_DUP, "fragment duplicate: dropped") \
     X(R_FRAG_OVERLAP, "fragment overlaps another: datagram dropped") \
-    X(R_FRAG_TOO_MANY, "fragment beyond the 64 kept per datagram: datagram dropped") \
+    X(R_FRAG_TOO_MANY, "fragment beyond the 128 runs kept per datagram: datagram dropped") \
+    X(R_FRAG_UNALIGNED, "IPv6 fragment not a multiple of 8 bytes and not the first: not tracked") \
+    X(R_ICMP_WRONG_FAMILY, "ICMP in IPv6 or ICMPv6 in IPv4") \
     X(R_TABLE_FULL, "table full, packet dropped") \
     X(R_ZONE_LIMIT, "zone at its connection limit, packet dropped") \
     X(R_CHAIN_TOO_LONG, "probe chain too long, packet dropped") \
