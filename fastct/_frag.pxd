@@ -90,6 +90,20 @@ cdef inline uint32_t frag_sweep(ct_table *t, frag_q *qs, int64_t now, uint32_t b
             freed += 1
     return freed
 
+cdef inline uint32_t _ipv6_first_needs(uint8_t proto) noexcept nogil:
+    if proto == IP_PROTO_TCP:
+        return 20
+    if proto == IP_PROTO_UDP or proto == IP_PROTO_ICMP6:
+        return 8
+    return 1
+
+cdef inline void _pass_through(pkt_meta *m) noexcept nogil:
+    """An IPv6 first fragment the kernel lets through unreassembled: tracked on its own header,
+    counted at its own length (Fragment header included)."""
+    m.kind = PK_TRACK
+    parse_l4(m.l4, 0, m.l4len, m.l4cap, m.proto, L3_IPV6, m)
+    m.k[4] |= <uint64_t>L3_IPV6 << 48
+
 cdef inline int frag_insert(frag_q *q, uint32_t start, uint32_t stop) noexcept nogil:
     """Record data [start, stop) as the kernel's inet_frag_queue_insert does: fragments appended at
     the end of the last run extend it; a fragment wholly inside a run is a duplicate; any other
@@ -143,6 +157,12 @@ cdef inline void frag_handle(ct_table *t, frag_q *qs, pkt_meta *m, uint16_t zone
             to = t.policies + (pol - 1) * TO_N
     if l3 == L3_IPV6 and stop > 65535:
         _frag_drop(m, R_FRAG_BAD); return          # kernel: -EINVAL, the queue is kept
+    if l3 == L3_IPV6 and start == 0 and m.l4len < _ipv6_first_needs(m.proto):
+        # RFC 8200 4.5 (kernel ipv6frag_thdr_truncated): a first fragment without the whole
+        # transport header is not queued but passed on as it is; the tracker then finds the
+        # header short.
+        _pass_through(m)
+        return
     for k in range(FRAG_WINDOW):
         i = (home + k) & (FRAG_SLOTS - 1)
         if qs[i].expires != 0 and qs[i].expires <= m.now:
@@ -184,9 +204,7 @@ cdef inline void frag_handle(ct_table *t, frag_q *qs, pkt_meta *m, uint16_t zone
                     m.kind = PK_INVALID
                     m.reason = R_FRAG_UNALIGNED
                     return
-                m.kind = PK_TRACK
-                parse_l4(m.l4, 0, m.l4len, m.l4cap, m.proto, L3_IPV6, m)
-                m.k[4] |= <uint64_t>L3_IPV6 << 48
+                _pass_through(m)
                 return
             stop &= ~7U                            # IPv4 trims it
         if stop > q.len:
