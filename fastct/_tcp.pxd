@@ -359,7 +359,7 @@ cdef inline int tcp_packet(ct_table *t, ct_entry *e, ct_cold *c, pkt_meta *m) no
             if (e.td_flags[1 - d] & TF_MAXACK_SET) and last_index(c) != TI_SYN:
                 rst = tcp_rst_seq_check(t, e, c, m, old_state)
                 if rst == RST_INVALID:
-                    m.reason = R_TCP_SEQ_UNDER
+                    m.reason = R_TCP_RST_INVALID
                     return V_INVALID
                 if rst == RST_KEEP_STATE:
                     new_state = old_state    # keep the state: a challenge ACK may follow

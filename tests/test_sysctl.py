@@ -92,6 +92,7 @@ def test_tcp_ignore_invalid_rst():
     t = Tracker(max_conns=64)
     _established(t)
     assert run(t, [rst], ts=[1.0]) == [TRK | INV]
+    assert t.stats()["reasons"] == {"TCP RST below what the peer acknowledged (invalid rst)": 1}
     t = Tracker(max_conns=64, sysctl={"nf_conntrack_tcp_ignore_invalid_rst": 1})
     _established(t)
     assert run(t, [rst], ts=[1.0]) != [TRK | INV]

@@ -143,6 +143,7 @@
     X(R_TCP_SEQ_UNDER, "TCP SEQ is under the lower bound") \
     X(R_TCP_ACK_OVER, "TCP ACK is over the upper bound") \
     X(R_TCP_ACK_UNDER, "TCP ACK is under the lower bound") \
+    X(R_TCP_RST_INVALID, "TCP RST below what the peer acknowledged (invalid rst)") \
     X(R_TCP_NO_NEW, "TCP packet cannot start a connection") \
     X(R_ICMP_NO_NEW, "ICMP type cannot start a connection") \
     X(R_ICMP_ERROR, "ICMP error quoting no known connection") \
