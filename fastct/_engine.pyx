@@ -16,7 +16,8 @@ from fastct._types cimport *
 from fastct._parse cimport parse_frame, tuple_reverse_k4, link_type_handled, icmp_inverse_type
 from fastct._flowkey cimport meta_hash, key_store, entry_hash
 from fastct._table cimport (table_find, table_candidate, slot_insert, sweep_expired, sweep_all,
-                            reclaim_dead, early_drop, entry_forget, migrate_step, zone_count_add)
+                            reclaim_dead, early_drop, entry_forget, migrate_step, zone_count_add,
+                            prefetch_eviction)
 from fastct._verdict cimport V_ACCEPT, V_INVALID, V_REOPEN
 from fastct._proto cimport proto_new, proto_packet
 from fastct._checksum cimport check_sums, ipv4_header_ok
@@ -564,6 +565,10 @@ cdef class Engine:
                     FASTCT_PREFETCH_W(<char *>&t.e[cand] + 64)
                     if m.proto == IP_PROTO_TCP:
                         FASTCT_PREFETCH_W(&t.cold[cand])
+                elif t.n >= t.cap:
+                    # A new connection into a full table: early drop reads the entries indexed
+                    # from its home slot on (a flood's cost is these misses).
+                    prefetch_eviction(t, m.hash)
         # Stage 3: protocol state and outputs, in packet order.
         t.stats[ST_PACKETS] += cnt
         for i in range(cnt):

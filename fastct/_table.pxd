@@ -187,17 +187,36 @@ cdef inline int32_t reclaim_dead(ct_table *t, int64_t now, uint32_t budget, int3
 cdef enum:
     EVICTION_RANGE = 32     # index slots looked at from a new connection's home slot when full
 
+cdef inline void prefetch_eviction(const ct_table *t, uint64_t hash) noexcept nogil:
+    """Prefetch the first entries early_drop will look at (their line 0: expiry and status)."""
+    cdef uint64_t i = (hash >> 32) & t.mask
+    cdef uint64_t s
+    cdef uint32_t k, seen = 0
+    for k in range(8):
+        s = t.slots[i]
+        if s != 0:
+            # Line 0 says whether it may go; the victim's line 1 and cold record are rewritten.
+            FASTCT_PREFETCH_W(&t.e[(s & 0xFFFFFFFFULL) - 1])
+            FASTCT_PREFETCH_W(<const char *>&t.e[(s & 0xFFFFFFFFULL) - 1] + 64)
+            FASTCT_PREFETCH_W(&t.cold[(s & 0xFFFFFFFFULL) - 1])
+            seen += 1
+            if seen == 2:
+                return
+        i = (i + 1) & t.mask
+
 cdef inline int32_t early_drop(ct_table *t, uint64_t hash, int64_t now) noexcept nogil:
     """Table full (kernel early_drop): look at the entries indexed near the new connection's home
-    slot, at most EVICTION_RANGE slots (the kernel looks at 8 hash buckets).  A dead one is taken
-    first; else the first that is not ASSURED is evicted (counted in early_drop).  The entry is
+    slot, in order, at most EVICTION_RANGE slots (the kernel looks at 8 hash buckets in order).
+    The first that is dead is taken, or else the first that is not ASSURED is evicted (counted in
+    early_drop); failing both, a dead entry from the sweep cursor (bounded search).  The entry is
     taken out of the index and its number returned for reuse in place; -1 if none may go.
     The kernel deletes every non-ASSURED entry of the first bucket holding one; fastct evicts one,
-    which is all a new connection needs."""
+    which is all a new connection needs, and stops looking there: a flood into a full table costs
+    a few entry reads per packet."""
     cdef uint64_t i = (hash >> 32) & t.mask
-    cdef uint64_t victim_slot = 0, s
+    cdef uint64_t s
     cdef uint32_t k
-    cdef int32_t victim = -1, idx
+    cdef int32_t idx
     for k in range(EVICTION_RANGE):
         s = t.slots[i]
         if s != 0:
@@ -206,20 +225,12 @@ cdef inline int32_t early_drop(ct_table *t, uint64_t hash, int64_t now) noexcept
                 _delete_at(t.slots, t.mask, i)
                 t.stats[ST_EXPIRED] += 1
                 return idx
-            if victim < 0 and not (t.e[idx].status & IPS_ASSURED):
-                victim = idx
-                victim_slot = i
+            if not (t.e[idx].status & IPS_ASSURED):
+                _delete_at(t.slots, t.mask, i)
+                t.stats[ST_EARLY_DROP] += 1
+                return idx
         i = (i + 1) & t.mask
-    # Dead entries anywhere go before live ones (the kernel's garbage collector would have removed
-    # them already); the search from the sweep cursor is bounded.
-    idx = reclaim_dead(t, now, 64, -1)
-    if idx >= 0:
-        return idx
-    if victim >= 0:
-        # (Nothing was deleted, so the victim's slot has not moved.)
-        _delete_at(t.slots, t.mask, victim_slot)
-        t.stats[ST_EARLY_DROP] += 1
-    return victim
+    return reclaim_dead(t, now, 64, -1)
 
 cdef inline uint32_t sweep_all(ct_table *t, int64_t now) noexcept nogil:
     """Delete every entry dead at `now`."""

@@ -3,7 +3,10 @@
 Frames are built with numpy (no per-packet Python) as Ethernet/IPv4/TCP, 54 bytes each:
 - established: N connections are opened (SYN, SYN/ACK, ACK each, not timed), then packets of
   those connections (uniform or Zipf popularity, both directions) are timed;
-- new: a storm of SYNs, each one a new connection, into an empty table.
+- new: a storm of SYNs, each one a new connection, into an empty table;
+- synflood: 10 x max_conns spoofed SYNs into a table holding max_conns / 2 ASSURED connections that
+  keep talking (one packet per 16 of the flood): every ASSURED connection must survive (early drop
+  evicts only unassured entries) and the cost per packet must stay flat.
 The figure quoted is the median over repeats of packets / wall time of the process() calls.
 """
 from __future__ import annotations
@@ -137,11 +140,67 @@ def scenario_growth(n_conns, batch_size, seed=1):
     return np.array(times), tracker
 
 
+def scenario_synflood(n_conns, batch_size, seed=1, factor=10):
+    """A SYN flood of factor x n_conns spoofed sources into a table of n_conns (nf_conntrack_max)
+    already holding n_conns / 2 ASSURED connections, which keep talking through it.
+
+    Returns (flood packets, per-tenth wall times, tracker, assured before, assured after,
+    established packets that were not est) -- early drop must keep every ASSURED connection and the
+    per-packet cost must not grow as the flood goes on."""
+    rng = np.random.default_rng(seed)
+    tracker = Tracker(max_conns=n_conns, seed=seed, prefault=True)
+    n_live = n_conns // 2
+    t0 = 1_700_000_000 * 10**9
+    hs, conns = handshake(n_live, rng, t0)
+    _time_process(tracker, hs, 4096)
+    status = tracker.entries()["status"]
+    assured_before = int(np.count_nonzero(status & 4))
+    n_flood = factor * n_conns
+    src = (0x64000000 + rng.integers(0, 1 << 24, n_flood)).astype(np.uint32)    # 100.x.y.z
+    dst = np.full(n_flood, 0xC0A80001, dtype=np.uint32)
+    sport = rng.integers(1024, 65535, n_flood).astype(np.uint32)
+    flood = make_frames(src, dst, sport, np.full(n_flood, 80, dtype=np.uint32), np.ones(n_flood, dtype=bool),
+                        np.full(n_flood, 2, dtype=np.uint8), rng.integers(0, 1 << 32, n_flood, dtype=np.uint64),
+                        np.zeros(n_flood, dtype=np.uint32), hs.ts[-1] + 1 + np.arange(n_flood, dtype=np.int64))
+    # One established packet of the live connections after every 16 flood packets.
+    n_est = n_flood // 16
+    est = established_traffic(conns, n_est, rng, 0)
+    order = np.concatenate([np.arange(n_flood), np.arange(n_est) * 16 + 15.5])
+    merged = _interleave(flood, est, np.argsort(order, kind="stable"))
+    tenths = []
+    bad = 0
+    n = len(merged)
+    step = max(1, n // 10)
+    for part in range(10):
+        lo, hi = part * step, (n if part == 9 else (part + 1) * step)
+        t_start = time.perf_counter()
+        for start in range(lo, hi, batch_size):
+            res = tracker.process(merged.slice(start, min(hi, start + batch_size)))
+            is_est = merged.wirelen[start:min(hi, start + batch_size)] == FRAME + 1
+            bad += int(np.count_nonzero((res.ct_state[is_est] & 0x02) == 0))
+        tenths.append(time.perf_counter() - t_start)
+    status = tracker._engine.entries_view()["status"]
+    assured_after = int(np.count_nonzero(status & 4))
+    return n, tenths, tracker, assured_before, assured_after, bad
+
+
+def _interleave(a, b, order):
+    """One Batch with a's packets then b's, in `order`; b's packets are marked by wirelen FRAME + 1
+    (the engine counts IP lengths, so the mark changes nothing it measures)."""
+    buf = np.concatenate([a.buf, b.buf])
+    offsets = np.concatenate([a.offsets, b.offsets + len(a.buf)])[order]
+    caplen = np.concatenate([a.caplen, b.caplen])[order]
+    wirelen = np.concatenate([a.wirelen, b.wirelen + 1])[order]
+    ts = np.sort(np.concatenate([a.ts, a.ts[np.minimum(np.arange(len(b.ts)) * 16 + 15, len(a.ts) - 1)]]))
+    return Batch(buf, offsets, caplen, wirelen, ts, np.zeros(len(order), dtype=np.uint16), a.if_linktype,
+                 a.if_fcslen)
+
+
 SIZES = {"1k": 1_000, "100k": 100_000, "1M": 1_000_000, "10M": 10_000_000}
 
 
 def add_arguments(p):
-    p.add_argument("--scenario", choices=["established", "new", "growth", "all"], default="all")
+    p.add_argument("--scenario", choices=["established", "new", "growth", "synflood", "all"], default="all")
     p.add_argument("--conns", default="1k,100k,1M", help="comma list of 1k,100k,1M,10M")
     p.add_argument("--packets", type=int, default=2_000_000, help="timed packets per repeat")
     p.add_argument("--batch-size", type=int, default=256)
@@ -171,6 +230,15 @@ def run(args) -> int:
             r.update(batch_ms_median=float(np.median(times) * 1e3), batch_ms_worst=float(times.max() * 1e3),
                      grows=tr.stats()["grows"])
             results.append(r)
+        if args.scenario in ("synflood", "all"):
+            pk, tenths, tr, before, after, bad = scenario_synflood(n, args.batch_size)
+            r = _result("synflood", n, pk, [sum(tenths)], tr, args)
+            per_tenth = [t / (pk / 10) * 1e9 for t in tenths]
+            st = tr.stats()
+            r.update(ns_per_packet_by_tenth=[round(x, 1) for x in per_tenth], assured_before=before,
+                     assured_after=after, established_not_est=bad, early_drop=st["early_drop"],
+                     drop=st["drop"])
+            results.append(r)
     for r in results:
         if args.json:
             print(json.dumps(r))
@@ -180,7 +248,12 @@ def run(args) -> int:
                   f"{r['ns_per_packet']:6.1f} ns/pkt  {r['bytes_per_conn']:.0f} B/conn  "
                   f"peak RSS {r['peak_rss_mb']:.0f} MB"
                   + (f"  batch median {r['batch_ms_median']:.2f} ms, worst {r['batch_ms_worst']:.2f} ms "
-                     f"({r['grows']} grows)" if "grows" in r else ""))
+                     f"({r['grows']} grows)" if "grows" in r else "")
+                  + (f"\n{'':12} ASSURED {r['assured_before']} -> {r['assured_after']}, "
+                     f"established packets not est: {r['established_not_est']}, early_drop "
+                     f"{r['early_drop']}, drop {r['drop']}; ns/pkt by tenth of the flood: "
+                     f"{' '.join(f'{x:.0f}' for x in r['ns_per_packet_by_tenth'])}"
+                     if r["scenario"] == "synflood" else ""))
     return 0
 
 

@@ -229,3 +229,17 @@ def test_uncommitted_verdict_in_a_full_table():
         # (Only the first finds the table full.)
         assert s["early_drop"] == (1 if expect_room else 0) and s["drop"] == 0
         assert len(t) == (CAP - 1 if expect_room else CAP)
+
+
+def test_bench_synflood_keeps_assured_connections():
+    # `fastct bench --scenario synflood` at a small size: 10 x max_conns spoofed SYNs into a table
+    # half full of ASSURED connections that keep talking.
+    from fastct.bench import scenario_synflood
+    n, tenths, tracker, before, after, bad = scenario_synflood(4000, 256, seed=3)
+    s = tracker.stats()
+    assert before == after == 2000
+    assert bad == 0                                   # every established packet stayed est
+    assert n == 40_000 + 40_000 // 16
+    assert s["early_drop"] + s["drop"] == 40_000 - 2000   # all but the first 2000 SYNs found it full
+    assert s["early_drop"] > 0.99 * (40_000 - 2000)
+    assert len(tracker) == 4000
