@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import weakref
 from collections.abc import MutableMapping
 from dataclasses import dataclass
 
@@ -71,7 +72,9 @@ class Timeouts(MutableMapping):
     def __init__(self, engine, on_change=None):
         self._engine = engine
         self._index = {name: i for i, name in enumerate(TIMEOUT_DEFAULTS)}
-        self._on_change = on_change
+        # A weak reference: a Tracker <-> Timeouts cycle would keep a dropped table's memory (often
+        # hundreds of MB) until the cycle collector happened to run.
+        self._on_change = weakref.WeakMethod(on_change) if on_change is not None else None
 
     def _key(self, name):
         key = name[len("nf_conntrack_"):] if name.startswith("nf_conntrack_") else name
@@ -91,8 +94,9 @@ class Timeouts(MutableMapping):
         if not 0 <= value <= 2**31:
             raise ValueError(f"timeout {name!r} must be between 0 and 2^31 seconds, not {seconds!r}")
         self._engine.set_timeout(self._index[key], int(round(value * 1e9)))
-        if self._on_change is not None:
-            self._on_change()
+        callback = self._on_change() if self._on_change is not None else None
+        if callback is not None:
+            callback()
 
     def __delitem__(self, name):
         raise TypeError("timeouts cannot be deleted; set them instead")

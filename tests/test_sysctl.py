@@ -233,3 +233,19 @@ def test_cli_sysctl_and_policy(tmp_path):
     zoned = _cli("track", "--zone", "4", "--timeout-policy", "4:udp_timeout_stream=1000",
                  "--timeout-policy", "4:udp_timeout=1000", "pcaps/udp_exchange.pcap")
     assert [int(line.split()[4]) for line in zoned.stdout.splitlines()] == t_new
+
+
+def test_a_dropped_tracker_frees_its_memory_at_once():
+    # No reference cycle (Timeouts calls back into its Tracker through a weak reference): a table's
+    # memory goes when its last reference does, not whenever the cycle collector runs.
+    import gc
+    import weakref
+    gc.disable()
+    try:
+        t = Tracker(max_conns=1000, timeout_policies={3: {"udp_timeout": 5}})
+        t.timeouts["udp_timeout"] = 31
+        ref = weakref.ref(t)
+        del t
+        assert ref() is None
+    finally:
+        gc.enable()
