@@ -36,6 +36,8 @@ cdef ct_entry _entry_proto
 cdef ct_cold _cold_proto
 ENTRY_DTYPE = np.asarray(<ct_entry[:1]>(&_entry_proto)).dtype
 COLD_DTYPE = np.asarray(<ct_cold[:1]>(&_cold_proto)).dtype
+cdef nat_rule _nat_rule_proto
+NAT_RULE_DTYPE = np.asarray(<nat_rule[:1]>(&_nat_rule_proto)).dtype
 ENTRY_SIZE = sizeof(ct_entry)
 COLD_SIZE = sizeof(ct_cold)
 
@@ -70,6 +72,23 @@ def cold_layout():
     }
 
 
+def nat_rule_layout():
+    """Field offsets of nat_rule as the C compiler laid it out (tests compare them with NAT_RULE_DTYPE)."""
+    cdef nat_rule r
+    cdef char *b = <char *>&r
+    return {
+        "src": <char *>&r.src - b, "dst": <char *>&r.dst - b, "to_min": <char *>&r.to_min - b,
+        "to_max": <char *>&r.to_max - b, "zone": <char *>&r.zone - b, "in_if": <char *>&r.in_if - b,
+        "out_if": <char *>&r.out_if - b, "sport_lo": <char *>&r.sport_lo - b,
+        "sport_hi": <char *>&r.sport_hi - b, "dport_lo": <char *>&r.dport_lo - b,
+        "dport_hi": <char *>&r.dport_hi - b, "to_port_lo": <char *>&r.to_port_lo - b,
+        "to_port_hi": <char *>&r.to_port_hi - b, "src_plen": <char *>&r.src_plen - b,
+        "dst_plen": <char *>&r.dst_plen - b, "l3": <char *>&r.l3 - b, "proto": <char *>&r.proto - b,
+        "stage": <char *>&r.stage - b, "action": <char *>&r.action - b, "flags": <char *>&r.flags - b,
+        "__size__": sizeof(nat_rule),
+    }
+
+
 def names():
     """The enumerations of include/ct_defs.h, for the Python layer (the one source of these names)."""
     cdef int i
@@ -84,6 +103,10 @@ def names():
         "timeouts": [(fastct_timeout_names[i].decode(), fastct_timeout_defaults[i]) for i in range(TO_N)],
         "reasons": [fastct_reason_names[i].decode() for i in range(R_N)],
         "stats": [fastct_stat_names[i].decode() for i in range(ST_N)],
+        "nat_actions": [(fastct_nat_action_names[i].decode(), fastct_nat_action_values[i])
+                        for i in range(FASTCT_N_NAT_ACTIONS)],
+        "nat_flags": [(fastct_nat_flag_names[i].decode(), fastct_nat_flag_values[i])
+                      for i in range(FASTCT_N_NAT_FLAGS)],
     }
 
 

@@ -4,7 +4,7 @@
 The numpy dtype of a table entry is derived from `ct_entry` (fastct/_engine.pyx, ENTRY_DTYPE), never
 restated, and tests/test_layout.py checks every field offset against the C compiler's.
 """
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t, int32_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t, int32_t, int16_t
 
 cdef extern from "compat.h" nogil:
     bint FASTCT_LIKELY(bint)
@@ -64,6 +64,16 @@ cdef extern from "ct_defs.h" nogil:
     const int fastct_ct_state_values[]
     const char *fastct_status_names[]
     const int fastct_status_values[]
+    enum:
+        NAT_ACCEPT, NAT_SNAT, NAT_DNAT, NAT_MASQUERADE, NAT_REDIRECT, NAT_NOTRACK
+    enum:
+        NAT_F_PERSISTENT, NAT_F_RANDOM, NAT_F_FULLY_RANDOM
+    const char *fastct_nat_action_names[]
+    const int fastct_nat_action_values[]
+    const char *fastct_nat_flag_names[]
+    const int fastct_nat_flag_values[]
+    int FASTCT_N_NAT_ACTIONS
+    int FASTCT_N_NAT_FLAGS
     const char *fastct_tcp_state_names[]
     const char *fastct_sctp_state_names[]
     const char *fastct_dccp_state_names[]
@@ -188,6 +198,32 @@ cdef struct pkt_meta:
     uint16_t frag_unfrag    # fragments: bytes before the fragmentable part (IPv4 header, IPv6
                             # header + extension headers before the Fragment header)
     uint16_t frag_l4off     # first fragments: where the transport header starts in the data
+
+# One NAT rule, compiled from fastct.nat's Python rules into a flat array the batch loop scans
+# (first match wins per stage).  Addresses in network order, IPv4 in bytes 0-3 (as ct_entry); port
+# ranges inclusive, in host order.  The numpy dtype is derived from this struct (NAT_RULE_DTYPE).
+cdef struct nat_rule:
+    uint8_t src[16]         # 0   match: source network (a prefix of src_plen bits; 0 any)
+    uint8_t dst[16]         # 16  match: destination network (dst_plen bits)
+    uint8_t to_min[16]      # 32  action: first address of the range (unused: masquerade, redirect)
+    uint8_t to_max[16]      # 48  action: last address of the range
+    int32_t zone            # 64  match: zone, -1 any
+    int16_t in_if           # 68  match: input interface number, -1 any
+    int16_t out_if          # 70  match: output interface number, -1 any
+    uint16_t sport_lo       # 72  match: source port range (0-65535 any; TCP, UDP, UDP-Lite, SCTP, DCCP)
+    uint16_t sport_hi       # 74
+    uint16_t dport_lo       # 76  match: destination port range
+    uint16_t dport_hi       # 78
+    uint16_t to_port_lo     # 80  action: port range (0, 0: keep the port when it is free)
+    uint16_t to_port_hi     # 82
+    uint8_t src_plen        # 84
+    uint8_t dst_plen        # 85
+    uint8_t l3              # 86  match: 0 any, L3_IPV4, L3_IPV6
+    uint8_t proto           # 87  match: IP protocol, 0 any
+    uint8_t stage           # 88  0 prerouting (dnat, redirect, notrack), 1 postrouting (snat, masquerade)
+    uint8_t action          # 89  NAT_* (include/ct_defs.h)
+    uint8_t flags           # 90  NAT_F_* bits; hash-based port choice when neither random flag
+    uint8_t _pad[5]         # 91  (to 96 bytes)
 
 # pkt_meta.pflags
 cdef enum:

@@ -44,3 +44,11 @@ def test_memory_per_connection_within_target():
     per_conn = ENTRY_DTYPE.itemsize + COLD_DTYPE.itemsize + slots * 8 / 1_000_000
     assert per_conn <= 192
     assert t.memory_bytes() <= 1_000_000 * (ENTRY_DTYPE.itemsize + COLD_DTYPE.itemsize) + slots * 8
+
+
+def test_nat_rule_dtype_matches_c_struct():
+    layout = _engine.nat_rule_layout()
+    dtype = _engine.NAT_RULE_DTYPE
+    assert dtype.itemsize == layout.pop("__size__") == 96
+    for name, offset in layout.items():
+        assert dtype.fields[name][1] == offset, name

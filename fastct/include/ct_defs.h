@@ -122,6 +122,20 @@
     X(TO_DCCP_CLOSING, "dccp_timeout_closing", 64) \
     X(TO_DCCP_TIMEWAIT, "dccp_timeout_timewait", 240)
 
+/* NAT rule actions (iptables/nftables targets) and flags (NF_NAT_RANGE_*): X(enum, value, name). */
+#define FASTCT_NAT_ACTIONS(X) \
+    X(NAT_ACCEPT, 0, "accept") \
+    X(NAT_SNAT, 1, "snat") \
+    X(NAT_DNAT, 2, "dnat") \
+    X(NAT_MASQUERADE, 3, "masquerade") \
+    X(NAT_REDIRECT, 4, "redirect") \
+    X(NAT_NOTRACK, 5, "notrack")
+
+#define FASTCT_NAT_FLAGS(X) \
+    X(NAT_F_PERSISTENT, 0x01, "persistent") \
+    X(NAT_F_RANDOM, 0x02, "random") \
+    X(NAT_F_FULLY_RANDOM, 0x04, "fully-random")
+
 /* Why a packet got ct_state inv (or was not tracked): one counter each, reported by `--stats`. */
 #define FASTCT_REASONS(X) \
     X(R_VALID, "ok") \
@@ -200,6 +214,8 @@
 #define FASTCT_ENUM_SEQ(name, ...) name,
 enum fastct_ct_state_bit { FASTCT_CT_STATE_BITS(FASTCT_ENUM_VAL) };
 enum fastct_status_bit { FASTCT_STATUS_BITS(FASTCT_ENUM_VAL) };
+enum fastct_nat_action { FASTCT_NAT_ACTIONS(FASTCT_ENUM_VAL) };
+enum fastct_nat_flag { FASTCT_NAT_FLAGS(FASTCT_ENUM_VAL) };
 enum fastct_tcp_state { FASTCT_TCP_STATES(FASTCT_ENUM_SEQ) TCP_N_STATES };
 enum fastct_sctp_state { FASTCT_SCTP_STATES(FASTCT_ENUM_SEQ) SCTP_N_STATES };
 enum fastct_dccp_state { FASTCT_DCCP_STATES(FASTCT_ENUM_SEQ) DCCP_N_STATES };
@@ -215,6 +231,12 @@ static const int fastct_ct_state_values[] = { FASTCT_CT_STATE_BITS(FASTCT_VALUE_
 static const char *const fastct_status_names[] = { FASTCT_STATUS_BITS(FASTCT_NAME_3) };
 static const int fastct_status_values[] = { FASTCT_STATUS_BITS(FASTCT_VALUE_3) };
 static const char *const fastct_tcp_state_names[] = { FASTCT_TCP_STATES(FASTCT_NAME_2) };
+static const char *const fastct_nat_action_names[] = { FASTCT_NAT_ACTIONS(FASTCT_NAME_3) };
+static const int fastct_nat_action_values[] = { FASTCT_NAT_ACTIONS(FASTCT_VALUE_3) };
+static const char *const fastct_nat_flag_names[] = { FASTCT_NAT_FLAGS(FASTCT_NAME_3) };
+static const int fastct_nat_flag_values[] = { FASTCT_NAT_FLAGS(FASTCT_VALUE_3) };
+#define FASTCT_N_NAT_ACTIONS 6
+#define FASTCT_N_NAT_FLAGS 3
 static const char *const fastct_sctp_state_names[] = { FASTCT_SCTP_STATES(FASTCT_NAME_2) };
 static const char *const fastct_dccp_state_names[] = { FASTCT_DCCP_STATES(FASTCT_NAME_2) };
 #define FASTCT_TO_NAME(name, str, secs) str,
