@@ -14,7 +14,7 @@ cimport numpy as cnp
 
 from fastct._types cimport *
 from fastct._parse cimport parse_frame, tuple_reverse_k4, link_type_handled, icmp_inverse_type
-from fastct._flowkey cimport meta_hash, key_store, entry_hash
+from fastct._flowkey cimport meta_hash, key_store, entry_hash, key_eq_orig, key_eq_reply
 from fastct._table cimport (table_find, table_candidate, slot_insert, sweep_expired, sweep_all,
                             reclaim_dead, early_drop, entry_forget, migrate_step, zone_count_add,
                             prefetch_eviction)
@@ -583,6 +583,7 @@ cdef class Engine:
             m = &self._meta[i]
             if m.kind == PK_TRACK:
                 cand = table_candidate(t, m.hash)
+                m.idx = cand
                 if cand >= 0:
                     FASTCT_PREFETCH_W(&t.e[cand])
                     FASTCT_PREFETCH_W(<char *>&t.e[cand] + 64)
@@ -621,7 +622,16 @@ cdef class Engine:
                 continue
             # Probed here, in packet order, so a connection an earlier packet of this batch created
             # or rebuilt (possibly reversed) is found as it is now.
-            idx = table_find(t, m)
+            # The candidate stage 2 saw is checked first: almost always it is the connection.  Any
+            # entry of entries[0:n] holding this tuple is its connection (tuples are unique there),
+            # so a candidate that moved or was replaced meanwhile just falls back to the probe.
+            idx = m.idx
+            if idx >= 0 and <uint32_t>idx < t.n and key_eq_orig(&t.e[idx], m):
+                m.dir = DIR_ORIGINAL
+            elif idx >= 0 and <uint32_t>idx < t.n and key_eq_reply(&t.e[idx], m):
+                m.dir = DIR_REPLY
+            else:
+                idx = table_find(t, m)
             m.to = t.timeouts
             if t.zone_policy != NULL:
                 pol = t.zone_policy[(m.k[4] >> 32) & 0xFFFF]
