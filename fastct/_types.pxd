@@ -205,7 +205,8 @@ cdef struct pkt_meta:
 cdef struct nat_rule:
     uint8_t src[16]         # 0   match: source network (a prefix of src_plen bits; 0 any)
     uint8_t dst[16]         # 16  match: destination network (dst_plen bits)
-    uint8_t to_min[16]      # 32  action: first address of the range (unused: masquerade, redirect)
+    uint8_t to_min[16]      # 32  action: first address of the range (masquerade: the output
+                            #     interface's address; redirect: unused, the input interface's)
     uint8_t to_max[16]      # 48  action: last address of the range
     int32_t zone            # 64  match: zone, -1 any
     int16_t in_if           # 68  match: input interface number, -1 any
