@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fastct.tracker import DCCP_STATES, SCTP_STATES, STATUS_BITS, TCP_STATES, format_addr
+from fastct.tracker import STATUS_BITS, format_addr, state_name
 
 L3_NAMES = {2: "ipv4", 10: "ipv6"}
 # conntrack's protocol names; any other number prints as "unknown".
@@ -53,12 +53,9 @@ def format_entry(e, start_ns: int, now_ns: int) -> str:
     timeout = (int(e["expires"]) - now_ns) // NS
     parts = [f"{L3_NAMES.get(l3, 'unknown'):<8} {l3} {L4_NAMES.get(proto, 'unknown'):<8} {proto} {timeout} "]
     state = int(e["state"])
-    if proto == 6:
-        parts.append(TCP_STATES[state] + " ")
-    elif proto == 132:
-        parts.append(SCTP_STATES[state] + " ")
-    elif proto == 33 and state:
-        parts.append(DCCP_STATES[state] + " ")
+    name = state_name(proto, state)
+    if name is not None:
+        parts.append(name + " ")
     parts.append(f"src={src} dst={dst} {_l4_fields(proto, sport, dport, state)}")
     parts.append(f"packets={int(e['packets'][0])} bytes={int(e['bytes'][0])} ")
     if not status & SEEN_REPLY:

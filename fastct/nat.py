@@ -1,6 +1,7 @@
 """NAT rules: validated in Python, compiled to a flat array of `nat_rule` for the batch loop.
 
-This is the rule layer only.  A rule says which new connections it applies to (zone, interfaces,
+This is the rule layer only: the engine does not apply the compiled rules yet, and the command line
+has no NAT options yet (both come with the rest of the NAT issue).  A rule says which new connections it applies to (zone, interfaces,
 networks, protocol, ports) and what to do with them (snat, dnat, masquerade, redirect, notrack,
 accept).  `NatRules.compile()` lays the rules out as `fastct._engine.NAT_RULE_DTYPE` (the C struct
 `nat_rule` of fastct/_types.pxd, whose comments define every field's encoding); action and flag

@@ -77,7 +77,7 @@ class Timeouts(MutableMapping):
         self._on_change = weakref.WeakMethod(on_change) if on_change is not None else None
 
     def _key(self, name):
-        key = name[len("nf_conntrack_"):] if name.startswith("nf_conntrack_") else name
+        key = sysctl_mod.short_name(name)
         if key not in self._index:
             raise KeyError(f"unknown timeout {name!r}; known: {', '.join(self._index)}")
         return key
@@ -91,8 +91,9 @@ class Timeouts(MutableMapping):
             value = float(seconds)
         except (TypeError, ValueError):
             raise ValueError(f"timeout {name!r} must be a number of seconds, not {seconds!r}") from None
-        if not 0 <= value <= 2**31:
-            raise ValueError(f"timeout {name!r} must be between 0 and 2^31 seconds, not {seconds!r}")
+        if not 0 <= value <= sysctl_mod.TIMEOUT_MAX_SECONDS:
+            raise ValueError(f"timeout {name!r} must be between 0 and {sysctl_mod.TIMEOUT_MAX_SECONDS} "
+                             f"seconds, not {seconds!r}")
         self._engine.set_timeout(self._index[key], int(round(value * 1e9)))
         callback = self._on_change() if self._on_change is not None else None
         if callback is not None:

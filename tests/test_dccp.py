@@ -11,8 +11,8 @@ CLOSING 64, TIMEWAIT 240.
 fastct/_dccp.pxd keeps the roles in td_scale[direction] (0 client, 1 server), the last packet's
 type and direction in td_flags, and the Response's sequence number in td_end (low 32, high 16 bits).
 
-With the option the ports are part of the key (the old kernel's tuple) once the engine's first stage
-calls _dccp.dccp_key; the tests that need exactly that are skipped until it does.
+With the option the ports are part of the key (the old kernel's tuple): the engine's first stage
+calls _dccp.dccp_key.
 """
 import struct
 

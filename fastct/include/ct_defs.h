@@ -181,8 +181,7 @@
     X(R_ICMP_WRONG_FAMILY, "ICMP in IPv6 or ICMPv6 in IPv4") \
     X(R_TABLE_FULL, "table full, packet dropped") \
     X(R_ZONE_LIMIT, "zone at its connection limit, packet dropped") \
-    X(R_CHAIN_TOO_LONG, "probe chain too long, packet dropped") \
-    X(R_TIME_BACKWARDS, "timestamp older than the newest seen")
+    X(R_CHAIN_TOO_LONG, "probe chain too long, packet dropped")
 
 /* The kernel's `conntrack -S` counters first (same names, same order), then fastct's own. */
 #define FASTCT_STATS(X) \
