@@ -57,23 +57,16 @@ cdef inline int udp_packet(ct_table *t, ct_entry *e, ct_cold *c, const pkt_meta 
         refresh(t, e, m, m.to[TO_UDP])
     return V_ACCEPT
 
-cdef inline int udplite_packet(ct_table *t, ct_entry *e, ct_cold *c, const pkt_meta *m) noexcept nogil:
-    # Kernel udplite_packet: no 2 s rule; once a reply was seen, 120 s and [ASSURED].
+cdef inline int stream_once_replied(ct_table *t, ct_entry *e, const pkt_meta *m, int64_t unreplied,
+                                    int64_t stream) noexcept nogil:
+    # Kernel udplite_packet and gre_packet: once a reply was seen (by an earlier packet: SEEN_REPLY
+    # is set after this runs), a stream with the longer timeout and [ASSURED]; before that the
+    # shorter one.  (UDP-Lite has no 2 s rule, unlike UDP.)
     if e.status & IPS_SEEN_REPLY:
-        refresh(t, e, m, m.to[TO_UDP_STREAM])
+        refresh(t, e, m, stream)
         e.status |= IPS_ASSURED
     else:
-        refresh(t, e, m, m.to[TO_UDP])
-    return V_ACCEPT
-
-cdef inline int gre_packet(ct_table *t, ct_entry *e, ct_cold *c, const pkt_meta *m) noexcept nogil:
-    # Kernel gre_packet: once a reply was seen (by an earlier packet), a stream: 180 s and
-    # [ASSURED]; before that 30 s.
-    if e.status & IPS_SEEN_REPLY:
-        refresh(t, e, m, m.to[TO_GRE_STREAM])
-        e.status |= IPS_ASSURED
-    else:
-        refresh(t, e, m, m.to[TO_GRE])
+        refresh(t, e, m, unreplied)
     return V_ACCEPT
 
 cdef inline int proto_packet(ct_table *t, ct_entry *e, ct_cold *c, pkt_meta *m) noexcept nogil:
@@ -83,7 +76,7 @@ cdef inline int proto_packet(ct_table *t, ct_entry *e, ct_cold *c, pkt_meta *m) 
     if proto == IP_PROTO_UDP:
         return udp_packet(t, e, c, m)
     if proto == IP_PROTO_UDPLITE:
-        return udplite_packet(t, e, c, m)
+        return stream_once_replied(t, e, m, m.to[TO_UDP], m.to[TO_UDP_STREAM])
     if proto == IP_PROTO_ICMP:
         refresh(t, e, m, m.to[TO_ICMP])
         return V_ACCEPT
@@ -93,7 +86,7 @@ cdef inline int proto_packet(ct_table *t, ct_entry *e, ct_cold *c, pkt_meta *m) 
     if proto == IP_PROTO_SCTP:
         return sctp_packet(t, e, c, m)
     if proto == IP_PROTO_GRE:
-        return gre_packet(t, e, c, m)
+        return stream_once_replied(t, e, m, m.to[TO_GRE], m.to[TO_GRE_STREAM])
     if proto == IP_PROTO_DCCP and t.dccp_tracker:
         return dccp_packet(t, e, c, m)
     refresh(t, e, m, m.to[TO_GENERIC])
