@@ -473,30 +473,10 @@ class NflogCapture:
     def start(self, timeout: float = 10.0):
         if self.path.exists():
             self.path.unlink()
-        # -Z root: write the file as root (tcpdump would switch to its own user); -B: a 4 MiB socket
-        # buffer (capped by net.core.rmem_max) against bursts; -U: write each record at once.
-        self.proc = self.lab.spawn(self.lab.gateway,
-                                   [_which("tcpdump"), "-i", f"nflog:{NFLOG_GROUP}", "-U", "-n", "-Z", "root",
-                                    "-B", "4096", "-w", str(self.path)], what="tcpdump")
         # tcpdump says "listening on" once its netlink socket is bound to the group; only then does
         # the gateway start logging.
-        deadline = time.monotonic() + timeout
-        fd = self.proc.popen.stderr.fileno()
-        err = b""
-        while b"listening on" not in err:
-            left = deadline - time.monotonic()
-            if left <= 0 or self.proc.popen.poll() is not None:
-                raise LabError(f"tcpdump did not start listening: {err.decode(errors='replace')}")
-            ready, _, _ = select.select([fd], [], [], left)
-            if ready:
-                chunk = os.read(fd, 4096)
-                if not chunk:
-                    raise LabError(f"tcpdump closed stderr before listening: {err.decode(errors='replace')}")
-                err += chunk
-        while self.records() < 0:
-            if time.monotonic() > deadline:
-                raise LabError("tcpdump did not create its file")
-            time.sleep(0.01)
+        self.proc = _start_tcpdump(self.lab, ["-i", f"nflog:{NFLOG_GROUP}"], self.path, "tcpdump",
+                                   timeout)
         self.lab.verdict_rules(True)
 
     def records(self) -> int:
@@ -598,6 +578,32 @@ def lab_unicast(packet: bytes) -> bool:
     return all(any(ipaddress.ip_address(a) in net for net in _LAB_NETS) for a in (src, dst))
 
 
+def _start_tcpdump(lab, capture_args, path, what, timeout, bpf=()):
+    """Start tcpdump in the gateway writing `path`; return once it listens and its file exists.
+    -Z root: write the file as root (tcpdump would switch to its own user); -B: a 4 MiB socket buffer
+    (capped by net.core.rmem_max) against bursts; -U: write each record at once."""
+    proc = lab.spawn(lab.gateway, [_which("tcpdump"), *capture_args, "-U", "-n", "-Z", "root",
+                                   "-B", "4096", "-w", str(path), *bpf], what=what)
+    deadline = time.monotonic() + timeout
+    fd = proc.popen.stderr.fileno()
+    err = b""
+    while b"listening on" not in err:
+        left = deadline - time.monotonic()
+        if left <= 0 or proc.popen.poll() is not None:
+            raise LabError(f"{what} did not start listening: {err.decode(errors='replace')}")
+        ready, _, _ = select.select([fd], [], [], left)
+        if ready:
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                raise LabError(f"{what} closed stderr before listening: {err.decode(errors='replace')}")
+            err += chunk
+    while pcap_records(path) < 0:
+        if time.monotonic() > deadline:
+            raise LabError(f"{what} did not create its file")
+        time.sleep(0.01)
+    return proc
+
+
 def pcap_records(path) -> int:
     """Complete pcap records in a file being written (-1: no file header yet)."""
     try:
@@ -635,27 +641,8 @@ class IngressCapture:
         if self.path.exists():
             self.path.unlink()
         self.interfaces = self.lab.interface_names(self.lab.gateway)
-        self.proc = self.lab.spawn(self.lab.gateway,
-                                   [_which("tcpdump"), "-i", "any", "-Q", "in", "--immediate-mode", "-U",
-                                    "-n", "-Z", "root", "-B", "4096", "-w", str(self.path), self.bpf],
-                                   what="ingress tcpdump")
-        deadline = time.monotonic() + timeout
-        fd = self.proc.popen.stderr.fileno()
-        err = b""
-        while b"listening on" not in err:
-            left = deadline - time.monotonic()
-            if left <= 0 or self.proc.popen.poll() is not None:
-                raise LabError(f"ingress tcpdump did not start listening: {err.decode(errors='replace')}")
-            ready, _, _ = select.select([fd], [], [], left)
-            if ready:
-                chunk = os.read(fd, 4096)
-                if not chunk:
-                    raise LabError(f"ingress tcpdump closed stderr: {err.decode(errors='replace')}")
-                err += chunk
-        while self.records() < 0:
-            if time.monotonic() > deadline:
-                raise LabError("ingress tcpdump did not create its file")
-            time.sleep(0.01)
+        self.proc = _start_tcpdump(self.lab, ["-i", "any", "-Q", "in", "--immediate-mode"], self.path,
+                                   "ingress tcpdump", timeout, bpf=[self.bpf])
 
     def records(self) -> int:
         return pcap_records(self.path)
