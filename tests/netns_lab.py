@@ -532,16 +532,7 @@ class NflogCapture:
         self.lab.verdict_rules(False)      # nothing is logged from here on
         self.counted = self.lab.verdict_counter()
         self.wait_records(self.counted)
-        p = self.proc.popen
-        p.send_signal(signal.SIGINT)
-        try:
-            _, err = p.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise LabError(f"tcpdump did not stop within {timeout} s") from None
-        self.stderr = err.decode(errors="replace")
-        m = re.search(r"(\d+) packets? dropped by kernel", self.stderr)
-        if m and int(m.group(1)):
-            raise LabError(f"tcpdump lost packets: {self.stderr}")
+        self.stderr = _stop_tcpdump(self.proc, "tcpdump", timeout)
         if self.records() != self.counted:
             raise LabError(f"capture holds {self.records()} records, "
                            f"the verdict chain counted {self.counted}")
@@ -602,6 +593,22 @@ def _start_tcpdump(lab, capture_args, path, what, timeout, bpf=()):
             raise LabError(f"{what} did not create its file")
         time.sleep(0.01)
     return proc
+
+
+def _stop_tcpdump(proc, what, timeout):
+    """Stop tcpdump (SIGINT flushes its file) and return its stderr; the kernel must have dropped
+    nothing."""
+    p = proc.popen
+    p.send_signal(signal.SIGINT)
+    try:
+        _, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise LabError(f"{what} did not stop within {timeout} s") from None
+    stderr = err.decode(errors="replace")
+    m = re.search(r"(\d+) packets? dropped by kernel", stderr)
+    if m and int(m.group(1)):
+        raise LabError(f"{what} lost packets: {stderr}")
+    return stderr
 
 
 def pcap_records(path) -> int:
@@ -685,16 +692,7 @@ class IngressCapture:
 
     def stop(self, timeout: float = 5.0):
         self.settle()
-        p = self.proc.popen
-        p.send_signal(signal.SIGINT)
-        try:
-            _, err = p.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise LabError(f"ingress tcpdump did not stop within {timeout} s") from None
-        self.stderr = err.decode(errors="replace")
-        m = re.search(r"(\d+) packets? dropped by kernel", self.stderr)
-        if m and int(m.group(1)):
-            raise LabError(f"ingress tcpdump lost packets: {self.stderr}")
+        self.stderr = _stop_tcpdump(self.proc, "ingress tcpdump", timeout)
         m = re.search(r"(\d+) packets? captured", self.stderr)
         if not m:
             raise LabError(f"ingress tcpdump printed no packet count: {self.stderr}")
