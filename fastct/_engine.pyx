@@ -16,8 +16,12 @@ from fastct._types cimport *
 from fastct._parse cimport parse_frame, tuple_reverse_k4, link_type_handled, icmp_inverse_type
 from fastct._flowkey cimport meta_hash, key_store, entry_hash, key_eq_orig, key_eq_reply
 from fastct._table cimport (table_find, table_candidate, slot_insert, sweep_expired, sweep_all,
-                            reclaim_dead, early_drop, entry_forget, migrate_step, zone_count_add,
-                            prefetch_eviction)
+                            reclaim_dead, early_drop, entry_forget, entry_remove, migrate_step,
+                            zone_count_add, prefetch_eviction, slot_delete, slot_of, slot_entry,
+                            nat_alloc, nat_release, SLOT_REPLY)
+from fastct._flowkey cimport key_hash
+from fastct._nat cimport nat_choice, nat_setup, notrack_match
+from fastct._rewrite cimport nat_rewrite, nat_state_bits
 from fastct._verdict cimport V_ACCEPT, V_INVALID, V_REOPEN
 from fastct._proto cimport proto_new, proto_packet
 from fastct._checksum cimport check_sums, ipv4_header_ok
@@ -38,6 +42,9 @@ ENTRY_DTYPE = np.asarray(<ct_entry[:1]>(&_entry_proto)).dtype
 COLD_DTYPE = np.asarray(<ct_cold[:1]>(&_cold_proto)).dtype
 cdef nat_rule _nat_rule_proto
 NAT_RULE_DTYPE = np.asarray(<nat_rule[:1]>(&_nat_rule_proto)).dtype
+cdef ct_nat _nat_proto
+NAT_DTYPE = np.asarray(<ct_nat[:1]>(&_nat_proto)).dtype
+MAX_CONNS_LIMIT = 0x7FFFFFFE          # entry numbers + 1 must fit the index slot's 31 bits
 ENTRY_SIZE = sizeof(ct_entry)
 COLD_SIZE = sizeof(ct_cold)
 
@@ -141,6 +148,26 @@ cdef inline void _drop(ct_table *t, uint8_t *o_state, int32_t *o_entry, uint8_t 
     t.stats[ST_DROP] += 1
     t.reasons[reason] += 1
 
+cdef inline void _outer_key(const pkt_meta *m, uint64_t *k) noexcept nogil:
+    """The tuple of an ICMP error's outer header (addresses, ICMP, zone): what a notrack rule,
+    which sees the packet before conntrack does, matches it by."""
+    cdef const uint8_t *l3 = m.l3
+    cdef uint8_t v = (m.k[4] >> 48) & 0xFF
+    if v == L3_IPV4:
+        k[0] = fastct_load32(l3 + 12); k[1] = 0
+        k[2] = fastct_load32(l3 + 16); k[3] = 0
+        k[4] = (m.k[4] & 0x00FFFFFF00000000ULL) | (<uint64_t>IP_PROTO_ICMP << 56)
+    else:
+        k[0] = fastct_load64(l3 + 8); k[1] = fastct_load64(l3 + 16)
+        k[2] = fastct_load64(l3 + 24); k[3] = fastct_load64(l3 + 32)
+        k[4] = (m.k[4] & 0x00FFFFFF00000000ULL) | (<uint64_t>IP_PROTO_ICMP6 << 56)
+
+cdef inline void _rewrite(ct_table *t, const ct_entry *e, const pkt_meta *m, uint8_t dir) noexcept nogil:
+    if nat_rewrite(t, e, m, dir):
+        t.stats[ST_NAT_REWRITTEN] += 1
+    else:
+        t.stats[ST_NAT_NOT_REWRITTEN] += 1
+
 
 cdef class Engine:
     """The connection table and the batch loop.  Configuration and queries live in fastct.tracker."""
@@ -165,11 +192,18 @@ cdef class Engine:
     cdef object _zone_counts
     cdef object _zone_map             # keeps the arrays t.zone_policy / t.policies point into
     cdef object _policies
+    cdef object _nat_raw              # NAT side records (allocated with the first rules)
+    cdef object _nat_free_raw
+    cdef object _rules                # keeps the array t.rules points into
+    cdef object _if_addr              # keeps the arrays t.if_addr / t.if_has point into
+    cdef object _if_has
 
     def __cinit__(self, uint32_t max_conns, object seed, uint32_t initial_slots=MIN_SLOTS):
         cdef int i
         if max_conns < 1:
             raise ValueError("max_conns must be at least 1")
+        if max_conns > MAX_CONNS_LIMIT:
+            raise ValueError(f"max_conns must be at most {MAX_CONNS_LIMIT}")
         self.max_conns = max_conns
         memset(&self.t, 0, sizeof(ct_table))
         self._entries_raw = _aligned_empty(<Py_ssize_t>max_conns * sizeof(ct_entry), 128)
@@ -189,6 +223,7 @@ cdef class Engine:
         words = rng.integers(0, 2**63, size=4, dtype=np.int64).astype(np.uint64) * np.uint64(2) + np.uint64(1)
         for i in range(4):
             self.t.seed[i] = <uint64_t>int(words[i])
+        self.t.rng = self.t.seed[0] ^ self.t.seed[2]      # odd, so never zero
         for i in range(TO_N):
             self.t.timeouts[i] = fastct_timeout_defaults[i] * 1000000000LL
         self.t.now = -(1LL << 62)
@@ -317,6 +352,54 @@ cdef class Engine:
         self.t.zone_count = <uint32_t *><size_t>counts.ctypes.data
         self.t.zone_limit = <const uint32_t *><size_t>limits.ctypes.data
 
+    def set_nat_rules(self, object rules):
+        """Compiled NAT rules (a NAT_RULE_DTYPE array, fastct.nat.NatRules.compile()), or None for
+        none.  Connections already made keep the bindings they got."""
+        if rules is None or len(rules) == 0:
+            self.t.rules = NULL
+            self.t.n_rules = 0
+            self.t.nat_on = 0
+            self.t.n_notrack = 0
+            self._rules = None
+            return
+        rules = np.ascontiguousarray(rules)
+        if rules.dtype != NAT_RULE_DTYPE or rules.ndim != 1:
+            raise ValueError("NAT rules must be a one-dimensional NAT_RULE_DTYPE array")
+        if self._nat_raw is None:
+            # One record per possible entry, so allocation never fails; pages nobody uses cost
+            # nothing (see _aligned_empty).
+            self._nat_raw = _aligned_empty(<Py_ssize_t>self.t.cap * sizeof(ct_nat), 64)
+            self._nat_free_raw = _aligned_empty(<Py_ssize_t>self.t.cap * 4, 64)
+            self.t.nat = <ct_nat *><size_t>self._nat_raw.ctypes.data
+            self.t.nat_free = <uint32_t *><size_t>self._nat_free_raw.ctypes.data
+        self._rules = rules
+        self.t.rules = <const nat_rule *><size_t>rules.ctypes.data
+        self.t.n_rules = <uint32_t>len(rules)
+        self.t.nat_on = 1
+        self.t.n_notrack = <uint32_t>int(np.count_nonzero(rules["action"] == NAT_NOTRACK))
+
+    def set_interface_addresses(self, object addr, object has):
+        """Per interface (the batch's iface numbers): addr uint8[n, 32] (IPv4 in bytes 0-3, IPv6 in
+        16-31) and has uint8[n] (bit 0: an IPv4 address, bit 1: an IPv6 one).  Redirect maps to
+        the input interface's address."""
+        addr = np.ascontiguousarray(addr, dtype=np.uint8)
+        has = np.ascontiguousarray(has, dtype=np.uint8)
+        if addr.ndim != 2 or addr.shape[1] != 32 or has.shape != (addr.shape[0],):
+            raise ValueError("interface addresses must be uint8[n, 32] with has uint8[n]")
+        self._if_addr = addr
+        self._if_has = has
+        self.t.if_addr = <const uint8_t *><size_t>addr.ctypes.data
+        self.t.if_has = <const uint8_t *><size_t>has.ctypes.data
+        self.t.n_if_addr = <uint32_t>addr.shape[0]
+
+    def nat_view(self):
+        """The NAT side records (NAT_DTYPE: the reply tuple `r` in the entry key layout); an entry
+        with SRC_NAT or DST_NAT status holds the number of its record in `aux`.  None before any
+        NAT rules were set."""
+        if self._nat_raw is None:
+            return None
+        return self._nat_raw[:self.t.nat_top * sizeof(ct_nat)].view(NAT_DTYPE)
+
     def zone_counts(self):
         """Entries per zone (dead ones not yet swept included), or None without zone limits."""
         return None if self._zone_counts is None else self._zone_counts.copy()
@@ -381,7 +464,8 @@ cdef class Engine:
     def memory_bytes(self):
         """Bytes the table can occupy: entries and cold data for max_conns, plus the index now."""
         return (self.t.cap * (sizeof(ct_entry) + sizeof(ct_cold))) + (self.t.mask + 1) * 8 + \
-            ((self.t.omask + 1) * 8 if self.t.oslots != NULL else 0)
+            ((self.t.omask + 1) * 8 if self.t.oslots != NULL else 0) + \
+            (self.t.cap * (sizeof(ct_nat) + 4) if self._nat_raw is not None else 0)
 
     def check_invariants(self):
         """Problems with the table's structure (an empty list when it is sound): every entry
@@ -393,7 +477,9 @@ cdef class Engine:
         cdef pkt_meta m
         cdef int32_t found
         cdef ct_entry *e
+        cdef uint64_t rtag
         seen = np.zeros(self.t.n, dtype=np.uint8)
+        seen_reply = np.zeros(self.t.n, dtype=np.uint8)
         arrays = [(self._slots, self.t.mask)]
         if self.t.oslots != NULL:
             arrays.append((self._old_slots, self.t.omask))
@@ -401,12 +487,20 @@ cdef class Engine:
         for arr, mask in arrays:
             for i in np.nonzero(arr)[0]:
                 s = arr[i]
-                idx = <uint32_t>((s & 0xFFFFFFFFULL) - 1)
+                idx = slot_entry(s)
                 total += 1
                 if idx >= self.t.n:
                     problems.append(f"slot {i} points to entry {idx} >= n={self.t.n}")
                     continue
-                seen[idx] += 1
+                if s & SLOT_REPLY:
+                    seen_reply[idx] += 1
+                    if not (self.t.e[idx].status & IPS_NAT_MASK):
+                        problems.append(f"slot {i}: a reply slot for entry {idx}, which has no NAT")
+                        continue
+                    rtag = self.t.nat[self.t.e[idx].aux].rhash >> 32
+                else:
+                    seen[idx] += 1
+                    rtag = entry_hash(&self.t.e[idx], self.t.seed) >> 32
                 home = (s >> 32) & mask
                 k = home
                 while k != i:
@@ -414,7 +508,7 @@ cdef class Engine:
                         problems.append(f"slot {i} (entry {idx}) is cut off from its home {home}")
                         break
                     k = (k + 1) & mask
-                if (entry_hash(&self.t.e[idx], self.t.seed) >> 32) != (s >> 32):
+                if rtag != (s >> 32):
                     problems.append(f"slot {i}: tag does not match entry {idx}'s hash")
         if self.t.oslots != NULL and total - np.count_nonzero(self._slots) != self.t.ocount:
             problems.append("old index count is wrong")
@@ -423,12 +517,29 @@ cdef class Engine:
                 problems.append(f"entry {idx} is indexed {seen[idx]} times")
                 continue
             e = &self.t.e[idx]
+            if seen_reply[idx] != (1 if e.status & IPS_NAT_MASK else 0):
+                problems.append(f"entry {idx} has {seen_reply[idx]} reply slots")
+                continue
+            if e.status & IPS_NAT_MASK:
+                if e.aux >= self.t.nat_top:
+                    problems.append(f"entry {idx}: NAT record {e.aux} was never handed out")
+                    continue
+                memcpy(m.k, self.t.nat[e.aux].r, 40)
+                m.rk4 = tuple_reverse_k4(m.k[4])
+                m.hash = meta_hash(&m, self.t.seed)
+                if m.hash != self.t.nat[e.aux].rhash:
+                    problems.append(f"entry {idx}: NAT record's hash is stale")
+                found = table_find(&self.t, &m)
+                if found != <int32_t>idx or m.dir != 1:
+                    problems.append(f"entry {idx} not found from its NAT reply tuple ({found})")
             memcpy(m.k, <void *>e, 40)
             m.rk4 = tuple_reverse_k4(m.k[4])
             m.hash = meta_hash(&m, self.t.seed)
             found = table_find(&self.t, &m)
             if found != <int32_t>idx or m.dir != 0:
                 problems.append(f"entry {idx} not found from its original direction ({found})")
+            if e.status & IPS_NAT_MASK:
+                continue        # its reply tuple was looked up above
             m.k[0], m.k[1], m.k[2], m.k[3] = m.k[2], m.k[3], m.k[0], m.k[1]
             m.k[4], m.rk4 = m.rk4, m.k[4]
             found = table_find(&self.t, &m)
@@ -453,13 +564,18 @@ cdef class Engine:
         return idx, m.dir
 
     # ---- the batch -----------------------------------------------------------------------
-    def process(self, const uint8_t[::1] buf, const int64_t[::1] offsets, const uint32_t[::1] caplen,
+    def process(self, object buffer, const int64_t[::1] offsets, const uint32_t[::1] caplen,
                 const uint32_t[::1] wirelen, const int64_t[::1] ts, const uint16_t[::1] iface,
                 const uint32_t[::1] if_linktype, const uint32_t[::1] if_fcslen,
                 uint8_t[::1] out_state, int32_t[::1] out_entry, uint8_t[::1] out_dir,
                 uint8_t[::1] out_held, uint64_t[::1] linktype_skipped, int zone=0,
-                bint zone_from_vlan=False, bint commit=True):
-        """Track n packets; fills out_state/out_entry/out_dir/out_held.  Returns the number processed."""
+                bint zone_from_vlan=False, bint commit=True, bint rewrite=False,
+                const uint16_t[::1] out_iface=None):
+        """Track n packets; fills out_state/out_entry/out_dir/out_held.  Returns the number processed.
+        With `rewrite`, packets of NAT'd connections are rewritten in `buffer` (which must be a
+        writable uint8 array).  `out_iface`: each packet's output interface for NAT rules that
+        match one (None: unknown, such rules do not match)."""
+        cdef const uint8_t[::1] buf = buffer
         cdef Py_ssize_t n = offsets.shape[0]
         cdef Py_ssize_t nbuf = buf.shape[0]
         cdef Py_ssize_t n_if = if_linktype.shape[0]
@@ -475,8 +591,14 @@ cdef class Engine:
             raise ValueError("linktype_skipped must have 65536 counters")
         if not 0 <= zone <= 0xFFFF:
             raise ValueError("zone must be in 0..65535")
+        if rewrite and not (isinstance(buffer, np.ndarray) and buffer.flags.writeable):
+            raise ValueError("rewrite needs the packets in a writable numpy buffer "
+                             "(pass rewrite=False for verdicts only)")
+        if out_iface is not None and out_iface.shape[0] != n:
+            raise ValueError("out_iface must have one item per packet")
         if n == 0:
             return 0
+        cdef const uint16_t *oif = NULL
         # Bounds of the packet vector are checked once here, so the loop can trust them.
         with nogil:
             for i in range(n):
@@ -514,19 +636,21 @@ cdef class Engine:
                     self._migrate(<uint64_t>(4 * cnt + 64))
                 if self.t.oslots == NULL:
                     self._old_slots = None
+            oif = &out_iface[base] if out_iface is not None else NULL
             with nogil:
                 self._run(&buf[0], &offsets[base], &caplen[base], &wirelen[base], &ts[base], &iface[base],
-                          &if_linktype[0], &if_fcslen[0], <uint32_t>cnt, n - base,
+                          oif, &if_linktype[0], &if_fcslen[0], <uint32_t>cnt, n - base,
                           &out_state[base], &out_entry[base], &out_dir[base], &out_held[base],
                           &linktype_skipped[0],
-                          <uint16_t>zone, zone_from_vlan, commit)
+                          <uint16_t>zone, zone_from_vlan, commit, rewrite)
             base += cnt
         return n
 
     cdef void _run(self, const uint8_t *buf, const int64_t *off, const uint32_t *cap, const uint32_t *wire,
-                   const int64_t *ts, const uint16_t *iface, const uint32_t *if_lt, const uint32_t *if_fcs,
-                   uint32_t cnt, Py_ssize_t left, uint8_t *o_state, int32_t *o_entry, uint8_t *o_dir,
-                   uint8_t *o_held, uint64_t *lt_skipped, uint16_t zone, bint zone_from_vlan, bint commit) noexcept nogil:
+                   const int64_t *ts, const uint16_t *iface, const uint16_t *oif, const uint32_t *if_lt,
+                   const uint32_t *if_fcs, uint32_t cnt, Py_ssize_t left, uint8_t *o_state, int32_t *o_entry,
+                   uint8_t *o_dir, uint8_t *o_held, uint64_t *lt_skipped, uint16_t zone, bint zone_from_vlan,
+                   bint commit, bint rewrite) noexcept nogil:
         cdef ct_table *t = &self.t
         cdef pkt_meta *m
         cdef uint32_t i, j, found = 0
@@ -541,6 +665,10 @@ cdef class Engine:
         cdef uint8_t reason, st, pol
         cdef uint16_t zn
         cdef Py_ssize_t ahead = HDR_PREFETCH if HDR_PREFETCH < left else left
+        cdef uint64_t okey[5]
+        cdef bint untracked
+        cdef nat_choice nat
+        cdef uint32_t rec
         # Stage 1: parse, key, hash.  Headers are prefetched HDR_PREFETCH packets ahead.
         for i in range(cnt):
             if i + HDR_PREFETCH < left:
@@ -573,7 +701,23 @@ cdef class Engine:
             if m.kind == PK_TRACK:
                 zbits = <uint64_t>(m.vlan if zone_from_vlan else zone) << 32
                 m.k[4] |= zbits
+                if t.n_notrack and m.l3 != NULL:
+                    # The raw table's notrack: before conntrack, for every packet (by its outer
+                    # header for an ICMP error).
+                    if m.pflags & PF_RELATED:
+                        _outer_key(m, okey)
+                        untracked = notrack_match(t, okey, iface[i])
+                    else:
+                        untracked = notrack_match(t, m.k, iface[i])
+                    if untracked:
+                        m.kind = PK_UNTRACKED
+                        continue
                 m.rk4 = tuple_reverse_k4(m.k[4])
+                if m.pflags & PF_RELATED:
+                    # Looked up as the kernel does (nf_conntrack_inet_error): the quoted packet's
+                    # tuple inverted, so the direction found is the error's own.
+                    m.k[0], m.k[1], m.k[2], m.k[3] = m.k[2], m.k[3], m.k[0], m.k[1]
+                    m.k[4], m.rk4 = m.rk4, m.k[4]
                 m.hash = meta_hash(m, t.seed)
                 m.sack = m.ack
                 FASTCT_PREFETCH_R(&t.slots[(m.hash >> 32) & t.mask])
@@ -628,7 +772,8 @@ cdef class Engine:
             idx = m.idx
             if idx >= 0 and <uint32_t>idx < t.n and key_eq_orig(&t.e[idx], m):
                 m.dir = DIR_ORIGINAL
-            elif idx >= 0 and <uint32_t>idx < t.n and key_eq_reply(&t.e[idx], m):
+            elif idx >= 0 and <uint32_t>idx < t.n and key_eq_reply(&t.e[idx], m) and \
+                    not (t.e[idx].status & IPS_NAT_MASK):
                 m.dir = DIR_REPLY
             else:
                 idx = table_find(t, m)
@@ -643,9 +788,13 @@ cdef class Engine:
                 # (kernel nf_conntrack_inet_error); quoting no live connection counts in `error`.
                 if idx >= 0 and t.e[idx].expires > m.now:
                     found += 1
-                    o_dir[i] = 1 - m.dir
-                    o_state[i] = CS_TRK | CS_REL | (CS_RPL if m.dir == DIR_ORIGINAL else 0)
+                    o_dir[i] = m.dir
+                    o_state[i] = CS_TRK | CS_REL | (CS_RPL if m.dir == DIR_REPLY else 0)
                     o_entry[i] = idx
+                    if t.e[idx].status & IPS_NAT_MASK:
+                        o_state[i] |= nat_state_bits(&t.e[idx], m.dir)
+                        if rewrite:
+                            _rewrite(t, &t.e[idx], m, m.dir)
                 else:
                     o_state[i] = CS_INV | CS_TRK
                     o_entry[i] = -1
@@ -670,6 +819,10 @@ cdef class Engine:
                         st = CS_TRK | CS_EST
                     else:
                         st = CS_TRK | CS_NEW
+                    if e.status & IPS_NAT_MASK:
+                        st |= nat_state_bits(e, m.dir)
+                        if rewrite:
+                            _rewrite(t, e, m, m.dir)
                     o_state[i] = st
                     o_entry[i] = idx
                     o_dir[i] = m.dir
@@ -693,6 +846,19 @@ cdef class Engine:
                 # A dead entry, or one a TCP reopen replaces: rebuilt in place (same tuple hash).
                 e = &t.e[idx]
                 c = &t.cold[idx]
+                if e.status & IPS_NAT_MASK:
+                    # Its NAT goes (the new connection gets its own bindings).  Found through its
+                    # NAT reply tuple, the new connection's tuple hashes elsewhere: re-indexed.
+                    nat_release(t, <uint32_t>idx)
+                    if m.dir == DIR_REPLY:
+                        slot_delete(t, slot_of(t, entry_hash(e, t.seed), <uint32_t>idx))
+                        key_store(e, m)
+                        if slot_insert(t, m.hash, <uint32_t>idx) < 0:
+                            entry_forget(t, <uint32_t>idx)
+                            _drop(t, o_state, o_entry, o_dir, i, R_CHAIN_TOO_LONG)
+                            t.stats[ST_CHAINTOOLONG] += 1
+                            t.stats[ST_INSERT_FAILED] += 1
+                            continue
             elif full:
                 e = &self._spare_e     # built aside; it takes the place made for it below
                 c = &self._spare_c
@@ -747,6 +913,18 @@ cdef class Engine:
                 if reused < 0:
                     _drop(t, o_state, o_entry, o_dir, i, R_TABLE_FULL)
                     continue
+            if t.nat_on:
+                # NAT bindings (prerouting, then postrouting), before the connection is indexed
+                # so that its own tuples are not in the way of the uniqueness checks.
+                nat_setup(t, m.k, iface[i], oif[i] if oif != NULL else -1, idx, &nat)
+                if nat.reason != R_VALID:
+                    if reused >= 0:
+                        entry_forget(t, <uint32_t>reused)
+                    if idx >= 0:
+                        e.expires = m.now
+                    _drop(t, o_state, o_entry, o_dir, i, nat.reason)
+                    t.stats[ST_INSERT_FAILED] += 1
+                    continue
             if reused >= 0:
                 # Rebuilt where the room was made (an unindexed entry), so no other entry moves.
                 zone_count_add(t, t.e[reused].zone, -1)
@@ -772,6 +950,25 @@ cdef class Engine:
             e.status = IPS_CONFIRMED
             e.mark = 0
             e.aux = 0xFFFFFFFF
+            if t.nat_on:
+                e.status |= nat.status
+                if nat.status & IPS_NAT_MASK:
+                    rec = nat_alloc(t)
+                    memcpy(t.nat[rec].r, nat.r, 40)
+                    t.nat[rec].rhash = key_hash(nat.r[0], nat.r[1], nat.r[2], nat.r[3], nat.r[4],
+                                                tuple_reverse_k4(nat.r[4]), t.seed)
+                    e.aux = rec
+                    if slot_insert(t, t.nat[rec].rhash, <uint32_t>idx, SLOT_REPLY) < 0:
+                        # Not indexed by its reply tuple: the connection is not made after all.
+                        e.status &= ~IPS_NAT_MASK
+                        e.aux = 0xFFFFFFFF
+                        t.nat_free[t.nat_nfree] = rec
+                        t.nat_nfree += 1
+                        entry_remove(t, <uint32_t>idx)
+                        _drop(t, o_state, o_entry, o_dir, i, R_CHAIN_TOO_LONG)
+                        t.stats[ST_CHAINTOOLONG] += 1
+                        t.stats[ST_INSERT_FAILED] += 1
+                        continue
             e.packets[0] = e.packets[1] = 0
             e.bytes[0] = e.bytes[1] = 0
             e.expires = m.now
@@ -793,7 +990,12 @@ cdef class Engine:
                 continue
             if e.status & IPS_DYING:
                 e.expires = m.now
-            o_state[i] = CS_TRK | CS_NEW
+            st = CS_TRK | CS_NEW
+            if e.status & IPS_NAT_MASK:
+                st |= nat_state_bits(e, DIR_ORIGINAL)
+                if rewrite:
+                    _rewrite(t, e, m, DIR_ORIGINAL)
+            o_state[i] = st
             o_entry[i] = idx
             o_dir[i] = 0
         t.stats[ST_FOUND] += found

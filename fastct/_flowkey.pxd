@@ -42,5 +42,9 @@ cdef inline bint key_eq_reply(const ct_entry *e, const pkt_meta *m) noexcept nog
         fastct_load64(b + 8) == m.k[3] and fastct_load64(b + 16) == m.k[0] and \
         fastct_load64(b + 24) == m.k[1]
 
+cdef inline bint key_eq_tuple(const uint64_t *r, const pkt_meta *m) noexcept nogil:
+    """The packet's tuple equals tuple r (a stored NAT reply tuple, in ct_entry's key layout)."""
+    return r[4] == m.k[4] and r[0] == m.k[0] and r[1] == m.k[1] and r[2] == m.k[2] and r[3] == m.k[3]
+
 cdef inline void key_store(ct_entry *e, const pkt_meta *m) noexcept nogil:
     memcpy(<void *>e, <const void *>m.k, 40)

@@ -142,6 +142,7 @@ cdef inline void parse_icmp_error(const uint8_t *q, uint32_t cap, uint8_t l3, pk
         m.k[3] = 0
         if not inner_l4_key(q + ihl, cap - ihl, q[9], m):
             _bad_error(m, R_ICMP_ERROR_BAD); return
+        m.inner_l4 = q + ihl
     else:
         if cap < 40 or (q[0] >> 4) != 6:
             _bad_error(m, R_ICMP_ERROR_BAD); return
@@ -168,8 +169,10 @@ cdef inline void parse_icmp_error(const uint8_t *q, uint32_t cap, uint8_t l3, pk
             pos += hlen
         if nh == 59 or pos > cap or not inner_l4_key(q + pos, cap - pos, nh, m):
             _bad_error(m, R_ICMP_ERROR_BAD); return
+        m.inner_l4 = q + pos
     if m.k[0] != odst0 or m.k[1] != odst1:
         _bad_error(m, R_ICMP_ERROR_DADDR); return
+    m.inner_l3 = q
     m.pflags |= PF_RELATED
 
 cdef inline bint parse_icmp6_redirect(const uint8_t *p, uint32_t l4, uint32_t cap, pkt_meta *m) noexcept nogil:

@@ -194,19 +194,22 @@ cdef inline uint8_t sctp_basic_checks(const pkt_meta *m, uint32_t *chunk_map) no
         return R_SCTP_INVALID
     return R_VALID
 
-cdef inline bint sctp_crc_ok(const pkt_meta *m) noexcept nogil:
-    """CRC32c of the packet (checksum field as zero) against the field, stored least significant byte
-    first.  A packet not captured whole cannot be summed and passes."""
+cdef inline uint32_t sctp_crc(const uint8_t *p, uint32_t n) noexcept nogil:
+    """CRC32c of an SCTP packet of n bytes, its checksum field (bytes 8-11) taken as zero."""
     cdef uint32_t crc = 0xFFFFFFFF
     cdef uint32_t i
     cdef uint8_t b
+    for i in range(n):
+        b = 0 if (i >= 8 and i < 12) else p[i]
+        crc = fastct_crc32c_table[(crc ^ b) & 0xFF] ^ (crc >> 8)
+    return ~crc
+
+cdef inline bint sctp_crc_ok(const pkt_meta *m) noexcept nogil:
+    """CRC32c of the packet against the field, stored least significant byte first.  A packet not
+    captured whole cannot be summed and passes."""
     if m.l4cap < m.l4len:
         return True
-    for i in range(m.l4len):
-        b = 0 if (i >= 8 and i < 12) else m.l4[i]
-        crc = fastct_crc32c_table[(crc ^ b) & 0xFF] ^ (crc >> 8)
-    crc = ~crc
-    return crc == fastct_le32(m.l4 + 8)
+    return sctp_crc(m.l4, m.l4len) == fastct_le32(m.l4 + 8)
 
 cdef inline uint8_t sctp_init_tag(const pkt_meta *m, uint32_t off, uint32_t *tag) noexcept nogil:
     """The initiate tag of the INIT / INIT_ACK chunk at `off`: its whole fixed header must be in the

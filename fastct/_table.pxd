@@ -2,6 +2,8 @@
 """Stage 3: the open-addressing index over the dense entry array.
 
 Slots are uint64: the upper 32 bits of the entry's hash (the tag) and entry number + 1 (0 = empty).
+A connection has one slot; one whose reply tuple NAT changed has a second, at the hash of that reply
+tuple, marked with SLOT_REPLY (bit 31 of the entry part, so max_conns stays below 2^31 - 1).
 The home slot is tag & mask, so a slot alone says where it belongs: deletion shifts the following
 slots back (no tombstones) and growth re-places slots without touching entries.  Linear probing;
 an insert never places a slot more than max_probe past its home (a longer chain means a dropped
@@ -16,29 +18,47 @@ which is what makes `entries()` a zero-copy view.
 from libc.stdint cimport uint16_t, uint32_t, uint64_t, int32_t, int64_t
 from libc.string cimport memcpy
 from fastct._types cimport *
-from fastct._flowkey cimport key_eq_orig, key_eq_reply, entry_hash
+from fastct._flowkey cimport key_eq_orig, key_eq_reply, entry_hash, key_eq_tuple
+
+cdef enum:
+    SLOT_REPLY = 0x80000000     # the slot indexes a NAT'd connection's reply tuple
+    SLOT_ENTRY = 0x7FFFFFFF     # entry number + 1
+
+cdef inline uint32_t slot_entry(uint64_t s) noexcept nogil:
+    """The entry a (non-empty) slot points to."""
+    return <uint32_t>(s & SLOT_ENTRY) - 1
+
+cdef inline bint slot_matches(ct_table *t, uint64_t s, const pkt_meta *m, uint8_t *dir) noexcept nogil:
+    """Whether the packet's tuple is a tuple of the connection of slot s (whose tag matched), and
+    in which direction.  A plain slot stands for the entry's original tuple and, unless NAT changed
+    it, its reverse (the reply tuple); a SLOT_REPLY slot for the stored reply tuple only."""
+    cdef ct_entry *e = &t.e[slot_entry(s)]
+    if s & SLOT_REPLY:
+        if key_eq_tuple(t.nat[e.aux].r, m):
+            dir[0] = DIR_REPLY
+            return True
+        return False
+    if key_eq_orig(e, m):
+        dir[0] = DIR_ORIGINAL
+        return True
+    if not (e.status & IPS_NAT_MASK) and key_eq_reply(e, m):
+        dir[0] = DIR_REPLY
+        return True
+    return False
 
 cdef inline int32_t _find_in(ct_table *t, const uint64_t *slots, uint64_t mask, pkt_meta *m) noexcept nogil:
     cdef uint64_t tag = m.hash >> 32
     cdef uint64_t i = tag & mask
     cdef uint64_t s
     cdef uint32_t n = 1
-    cdef ct_entry *e
     while True:
         s = slots[i]
         if s == 0:
             t.stats[ST_PROBES] += n
             return -1
-        if (s >> 32) == tag:
-            e = &t.e[(s & 0xFFFFFFFFULL) - 1]
-            if key_eq_orig(e, m):
-                m.dir = DIR_ORIGINAL
-                t.stats[ST_PROBES] += n
-                return <int32_t>((s & 0xFFFFFFFFULL) - 1)
-            if key_eq_reply(e, m):
-                m.dir = DIR_REPLY
-                t.stats[ST_PROBES] += n
-                return <int32_t>((s & 0xFFFFFFFFULL) - 1)
+        if (s >> 32) == tag and slot_matches(t, s, m, &m.dir):
+            t.stats[ST_PROBES] += n
+            return <int32_t>slot_entry(s)
         n += 1
         i = (i + 1) & mask
 
@@ -58,7 +78,7 @@ cdef inline int32_t _candidate_in(const uint64_t *slots, uint64_t mask, uint64_t
         if s == 0:
             return -1
         if (s >> 32) == tag:
-            return <int32_t>((s & 0xFFFFFFFFULL) - 1)
+            return <int32_t>slot_entry(s)
         i = (i + 1) & mask
 
 cdef inline int32_t table_candidate(const ct_table *t, uint64_t hash) noexcept nogil:
@@ -80,16 +100,18 @@ cdef inline int _place(uint64_t *slots, uint64_t mask, uint64_t s, uint32_t boun
     slots[i] = s
     return <int>d
 
-cdef inline int slot_insert(ct_table *t, uint64_t hash, uint32_t idx) noexcept nogil:
-    """Index entry idx; -1 when the chain from its home is already max_probe long."""
-    cdef int d = _place(t.slots, t.mask, ((hash >> 32) << 32) | (<uint64_t>idx + 1), t.max_probe)
+cdef inline int slot_insert(ct_table *t, uint64_t hash, uint32_t idx, uint32_t kind=0) noexcept nogil:
+    """Index entry idx at `hash` (kind: 0, or SLOT_REPLY for a NAT reply tuple); -1 when the chain
+    from its home is already max_probe long."""
+    cdef int d = _place(t.slots, t.mask, ((hash >> 32) << 32) | (<uint64_t>idx + 1) | kind, t.max_probe)
     if d > <int>t.stats[ST_PROBE_MAX]:
         t.stats[ST_PROBE_MAX] = d
     return d if d < 0 else 0
 
-cdef inline uint64_t *slot_of(ct_table *t, uint64_t hash, uint32_t idx) noexcept nogil:
-    """The slot that holds entry idx (which must be indexed), in whichever array holds it."""
-    cdef uint64_t want = <uint64_t>idx + 1
+cdef inline uint64_t *slot_of(ct_table *t, uint64_t hash, uint32_t idx, uint32_t kind=0) noexcept nogil:
+    """The slot that holds entry idx (which must be indexed there) at `hash`, in whichever array
+    holds it; kind as for slot_insert."""
+    cdef uint64_t want = (<uint64_t>idx + 1) | kind
     cdef uint64_t i = (hash >> 32) & t.mask
     cdef uint64_t s
     while True:
@@ -132,21 +154,51 @@ cdef inline void zone_count_add(ct_table *t, uint16_t zone, int delta) noexcept 
     if t.zone_count != NULL:
         t.zone_count[zone] += <uint32_t>delta
 
+cdef inline uint32_t nat_alloc(ct_table *t) noexcept nogil:
+    """A free NAT side record (there is one for every entry, so this cannot fail)."""
+    if t.nat_nfree > 0:
+        t.nat_nfree -= 1
+        return t.nat_free[t.nat_nfree]
+    t.nat_top += 1
+    return t.nat_top - 1
+
+cdef inline void nat_release(ct_table *t, uint32_t idx) noexcept nogil:
+    """Forget entry idx's NAT: its reply-tuple slot, its side record and its SRC_NAT/DST_NAT bits
+    (the _DONE bits stay: they say the bindings were made).  Nothing to do for other entries."""
+    cdef ct_entry *e = &t.e[idx]
+    if not (e.status & IPS_NAT_MASK):
+        return
+    slot_delete(t, slot_of(t, t.nat[e.aux].rhash, idx, SLOT_REPLY))
+    t.nat_free[t.nat_nfree] = e.aux
+    t.nat_nfree += 1
+    e.aux = 0xFFFFFFFF
+    e.status &= ~IPS_NAT_MASK
+
+cdef inline void entry_unindex(ct_table *t, uint32_t idx) noexcept nogil:
+    """Take entry idx out of the index (both slots of a NAT'd connection); it stays in the array."""
+    nat_release(t, idx)
+    slot_delete(t, slot_of(t, entry_hash(&t.e[idx], t.seed), idx))
+
+cdef inline void _repoint(ct_table *t, uint64_t *slot, uint32_t idx) noexcept nogil:
+    slot[0] = (slot[0] & 0xFFFFFFFF80000000ULL) | (<uint64_t>idx + 1)
+
 cdef inline void entry_forget(ct_table *t, uint32_t idx) noexcept nogil:
     """Drop entry idx, which is not in the index, moving the last entry into its place."""
     cdef uint32_t last = t.n - 1
-    cdef uint64_t *slot
+    cdef ct_entry *l
     zone_count_add(t, t.e[idx].zone, -1)
     if idx != last:
-        slot = slot_of(t, entry_hash(&t.e[last], t.seed), last)
-        memcpy(&t.e[idx], &t.e[last], sizeof(ct_entry))
+        l = &t.e[last]
+        _repoint(t, slot_of(t, entry_hash(l, t.seed), last), idx)
+        if l.status & IPS_NAT_MASK:
+            _repoint(t, slot_of(t, t.nat[l.aux].rhash, last, SLOT_REPLY), idx)
+        memcpy(&t.e[idx], l, sizeof(ct_entry))
         memcpy(&t.cold[idx], &t.cold[last], sizeof(ct_cold))
-        slot[0] = (slot[0] & 0xFFFFFFFF00000000ULL) | (<uint64_t>idx + 1)
     t.n = last
 
 cdef inline void entry_remove(ct_table *t, uint32_t idx) noexcept nogil:
     """Delete entry idx from the index and the array, moving the last entry into its place."""
-    slot_delete(t, slot_of(t, entry_hash(&t.e[idx], t.seed), idx))
+    entry_unindex(t, idx)
     entry_forget(t, idx)
 
 cdef inline uint32_t sweep_expired(ct_table *t, int64_t now, uint32_t budget) noexcept nogil:
@@ -178,7 +230,7 @@ cdef inline int32_t reclaim_dead(ct_table *t, int64_t now, uint32_t budget, int3
         if t.sweep_pos >= t.n:
             t.sweep_pos = 0
         if t.e[t.sweep_pos].expires <= now and (zone < 0 or t.e[t.sweep_pos].zone == zone):
-            slot_delete(t, slot_of(t, entry_hash(&t.e[t.sweep_pos], t.seed), t.sweep_pos))
+            entry_unindex(t, t.sweep_pos)
             t.stats[ST_EXPIRED] += 1
             return <int32_t>t.sweep_pos
         t.sweep_pos += 1
@@ -196,13 +248,20 @@ cdef inline void prefetch_eviction(const ct_table *t, uint64_t hash) noexcept no
         s = t.slots[i]
         if s != 0:
             # Line 0 says whether it may go; the victim's line 1 and cold record are rewritten.
-            FASTCT_PREFETCH_W(&t.e[(s & 0xFFFFFFFFULL) - 1])
-            FASTCT_PREFETCH_W(<const char *>&t.e[(s & 0xFFFFFFFFULL) - 1] + 64)
-            FASTCT_PREFETCH_W(&t.cold[(s & 0xFFFFFFFFULL) - 1])
+            FASTCT_PREFETCH_W(&t.e[slot_entry(s)])
+            FASTCT_PREFETCH_W(<const char *>&t.e[slot_entry(s)] + 64)
+            FASTCT_PREFETCH_W(&t.cold[slot_entry(s)])
             seen += 1
             if seen == 2:
                 return
         i = (i + 1) & t.mask
+
+cdef inline void _evict_at(ct_table *t, uint64_t i, int32_t idx) noexcept nogil:
+    """Unindex entry idx, one of whose slots is slots[i] (the common case: its only slot)."""
+    if t.e[idx].status & IPS_NAT_MASK:
+        entry_unindex(t, <uint32_t>idx)
+    else:
+        _delete_at(t.slots, t.mask, i)
 
 cdef inline int32_t early_drop(ct_table *t, uint64_t hash, int64_t now) noexcept nogil:
     """Table full (kernel early_drop): look at the entries indexed near the new connection's home
@@ -220,13 +279,13 @@ cdef inline int32_t early_drop(ct_table *t, uint64_t hash, int64_t now) noexcept
     for k in range(EVICTION_RANGE):
         s = t.slots[i]
         if s != 0:
-            idx = <int32_t>((s & 0xFFFFFFFFULL) - 1)
+            idx = <int32_t>slot_entry(s)
             if t.e[idx].expires <= now:
-                _delete_at(t.slots, t.mask, i)
+                _evict_at(t, i, idx)
                 t.stats[ST_EXPIRED] += 1
                 return idx
             if not (t.e[idx].status & IPS_ASSURED):
-                _delete_at(t.slots, t.mask, i)
+                _evict_at(t, i, idx)
                 t.stats[ST_EARLY_DROP] += 1
                 return idx
         i = (i + 1) & t.mask

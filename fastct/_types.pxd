@@ -27,6 +27,7 @@ cdef extern from "ct_defs.h" nogil:
     enum:
         IPS_EXPECTED, IPS_SEEN_REPLY, IPS_ASSURED, IPS_CONFIRMED, IPS_SRC_NAT, IPS_DST_NAT
         IPS_SRC_NAT_DONE, IPS_DST_NAT_DONE, IPS_DYING, IPS_UNTRACKED
+    int IPS_NAT_MASK
     enum:
         TCP_NONE, TCP_SYN_SENT, TCP_SYN_RECV, TCP_ESTABLISHED, TCP_FIN_WAIT, TCP_CLOSE_WAIT
         TCP_LAST_ACK, TCP_TIME_WAIT, TCP_CLOSE, TCP_SYN_SENT2, TCP_N_STATES
@@ -54,12 +55,13 @@ cdef extern from "ct_defs.h" nogil:
         R_ICMP_ERROR_DADDR, R_ICMP_UNKNOWN_TYPE, R_CHECKSUM, R_IP_CHECKSUM, R_UDPLITE_NO_CSUM, R_SCTP_INVALID, R_SCTP_NO_NEW
         R_DCCP_INVALID, R_DCCP_NO_NEW, R_GRE_BAD, R_FRAG_NO_ROOM, R_FRAG_BAD, R_FRAG_DUP, R_FRAG_OVERLAP
         R_FRAG_TOO_MANY, R_FRAG_UNALIGNED, R_ICMP_WRONG_FAMILY, R_TABLE_FULL, R_ZONE_LIMIT
-        R_CHAIN_TOO_LONG, R_N
+        R_CHAIN_TOO_LONG, R_NAT_NO_TUPLE, R_NAT_NO_ADDR, R_N
     enum:
         ST_FOUND, ST_INVALID, ST_INSERT, ST_INSERT_FAILED, ST_DROP, ST_EARLY_DROP, ST_ERROR
         ST_SEARCH_RESTART, ST_CLASH_RESOLVE, ST_CHAINTOOLONG, ST_PACKETS, ST_UNTRACKED, ST_NON_IP
         ST_LINKTYPE_SKIPPED, ST_TIME_BACKWARDS, ST_EXPIRED, ST_PROBES, ST_PROBE_MAX, ST_GROWS, ST_FRAG_HELD
-        ST_FRAG_REASSEMBLED, ST_FRAG_TIMEOUT, ST_FRAG_DROPPED, ST_N
+        ST_FRAG_REASSEMBLED, ST_FRAG_TIMEOUT, ST_FRAG_DROPPED, ST_NAT_REWRITTEN,
+        ST_NAT_NOT_REWRITTEN, ST_N
     const char *fastct_ct_state_names[]
     const int fastct_ct_state_values[]
     const char *fastct_status_names[]
@@ -190,6 +192,8 @@ cdef struct pkt_meta:
     const uint8_t *l3       # the IP header in the batch buffer (valid during the batch)
     const uint8_t *l4       # the transport header in the batch buffer (valid during the batch)
     const int64_t *to       # the timeouts for this packet's zone (ct_table.timeouts or a policy)
+    const uint8_t *inner_l3 # ICMP errors: the quoted packet's IP header (NAT translates it back)
+    const uint8_t *inner_l4 # ICMP errors: the quoted packet's transport header
     uint32_t l4cap          # bytes of it captured (never read past this)
     uint32_t l4len          # its length by the IP header
     uint32_t frag_id        # fragments: IPv4 identification or IPv6 fragment id
@@ -226,6 +230,12 @@ cdef struct nat_rule:
     uint8_t flags           # 90  NAT_F_* bits; hash-based port choice when neither random flag
     uint8_t _pad[5]         # 91  (to 96 bytes)
 
+# The NAT side record of a connection whose reply tuple NAT changed (ct_entry.aux indexes it; only
+# then is the reply tuple stored, and only then does the connection have a second index slot).
+cdef struct ct_nat:
+    uint64_t r[5]           # 0  the reply tuple, in ct_entry's key layout (r[4] is its key word)
+    uint64_t rhash          # 40 its keyed hash: where its index slot lives
+
 # pkt_meta.pflags
 cdef enum:
     PF_RELATED = 0x01       # an ICMP/ICMPv6 error: k[] is the quoted packet's tuple
@@ -261,6 +271,18 @@ cdef struct ct_table:
     const int64_t *policies      # timeout policies, TO_N values each (ns)
     uint32_t *zone_count    # per zone: entries in entries[0:n] (NULL while no zone limit is set)
     const uint32_t *zone_limit   # per zone: most entries allowed, 0 no limit (NULL: no limits)
+    ct_nat *nat             # NAT side records (NULL until NAT rules are set)
+    uint32_t *nat_free      # stack of freed side records
+    uint32_t nat_nfree      # records on it
+    uint32_t nat_top        # records handed out at least once (the rest are untouched)
+    const nat_rule *rules   # compiled NAT rules: prerouting ones first, then postrouting
+    uint32_t n_rules
+    uint32_t nat_on         # NAT rules are set: every new connection gets its bindings
+    uint32_t n_notrack      # notrack rules among them (checked for every packet)
+    const uint8_t *if_addr  # per interface: IPv4 then IPv6 address (32 bytes), for redirect
+    const uint8_t *if_has   # per interface: bit 0 an IPv4 address is set, bit 1 an IPv6 one
+    uint32_t n_if_addr
+    uint64_t rng            # xorshift64 state for random and fully-random port searches
     uint64_t seed[4]        # hash key
     int64_t now             # newest packet time seen, ns
     int64_t timeouts[TO_N]  # ns

@@ -122,6 +122,9 @@
     X(TO_DCCP_CLOSING, "dccp_timeout_closing", 64) \
     X(TO_DCCP_TIMEWAIT, "dccp_timeout_timewait", 240)
 
+/* A connection whose reply tuple NAT changed has either bit (and a stored reply tuple). */
+#define IPS_NAT_MASK (IPS_SRC_NAT | IPS_DST_NAT)
+
 /* NAT rule actions (iptables/nftables targets) and flags (NF_NAT_RANGE_*): X(enum, value, name). */
 #define FASTCT_NAT_ACTIONS(X) \
     X(NAT_ACCEPT, 0, "accept") \
@@ -181,7 +184,9 @@
     X(R_ICMP_WRONG_FAMILY, "ICMP in IPv6 or ICMPv6 in IPv4") \
     X(R_TABLE_FULL, "table full, packet dropped") \
     X(R_ZONE_LIMIT, "zone at its connection limit, packet dropped") \
-    X(R_CHAIN_TOO_LONG, "probe chain too long, packet dropped")
+    X(R_CHAIN_TOO_LONG, "probe chain too long, packet dropped") \
+    X(R_NAT_NO_TUPLE, "NAT: no free tuple left in the range, packet dropped") \
+    X(R_NAT_NO_ADDR, "NAT: redirect with no address on the input interface, packet dropped")
 
 /* The kernel's `conntrack -S` counters first (same names, same order), then fastct's own. */
 #define FASTCT_STATS(X) \
@@ -207,7 +212,9 @@
     X(ST_FRAG_HELD, "frag_held") \
     X(ST_FRAG_REASSEMBLED, "frag_reassembled") \
     X(ST_FRAG_TIMEOUT, "frag_timeout") \
-    X(ST_FRAG_DROPPED, "frag_dropped")
+    X(ST_FRAG_DROPPED, "frag_dropped") \
+    X(ST_NAT_REWRITTEN, "nat_rewritten") \
+    X(ST_NAT_NOT_REWRITTEN, "nat_not_rewritten")
 
 #define FASTCT_ENUM_VAL(name, value, str) name = value,
 #define FASTCT_ENUM_SEQ(name, ...) name,
