@@ -114,6 +114,9 @@ def names():
                         for i in range(FASTCT_N_NAT_ACTIONS)],
         "nat_flags": [(fastct_nat_flag_names[i].decode(), fastct_nat_flag_values[i])
                       for i in range(FASTCT_N_NAT_FLAGS)],
+        "icmp_inverse": {p: {t: icmp_inverse_type(p, t) for t in range(256)
+                             if icmp_inverse_type(p, t) != 0xFF}
+                         for p in (IP_PROTO_ICMP, IP_PROTO_ICMP6)},
     }
 
 

@@ -52,7 +52,8 @@ class Batch:
         offsets = np.zeros(n, dtype=np.int64)
         if n:
             offsets[1:] = np.cumsum(lens[:-1], dtype=np.int64)
-        buf = np.frombuffer(b"".join(frames), dtype=np.uint8) if n else np.zeros(1, dtype=np.uint8)
+        # (writable: NAT rewrites packets in place)
+        buf = np.frombuffer(bytearray(b"".join(frames)), dtype=np.uint8) if n else np.zeros(1, dtype=np.uint8)
         if ts is None:
             ts_ns = np.arange(n, dtype=np.int64) * 1_000_000_000
         else:

@@ -135,7 +135,7 @@ def cmd_track(args) -> int:
     # Ctrl-C from here on would cut the table short: finish printing first.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     stats = tracker.stats()
-    lines = format_table(tracker.entries(), tracker.cold()["start"], tracker.now)
+    lines = format_table(tracker.entries(), tracker.replies(), tracker.cold()["start"], tracker.now)
     out = sys.stdout
     if lines:
         out.write("\n".join(lines) + "\n")

@@ -14,8 +14,7 @@ L3_NAMES = {2: "ipv4", 10: "ipv6"}
 L4_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 33: "dccp", 47: "gre", 58: "icmpv6", 132: "sctp",
             136: "udplite"}
 PORT_PROTOCOLS = {6, 17, 132, 136}
-ICMP_INVERSE = {1: {8: 0, 0: 8, 13: 14, 14: 13, 15: 16, 16: 15, 17: 18, 18: 17},
-                58: {128: 129, 129: 128, 139: 140, 140: 139}}
+ICMP_PROTOCOLS = {1, 58}
 SEEN_REPLY = STATUS_BITS["SEEN_REPLY"]
 ASSURED = STATUS_BITS["ASSURED"]
 NS = 1_000_000_000
@@ -36,14 +35,16 @@ def _l4_fields(proto: int, sport: int, dport: int, state: int) -> str:
     # DCCP has ports only when the dccp option's tracker keyed it (state > 0); as generic, none.
     if proto in PORT_PROTOCOLS or (proto == 33 and state):
         return f"sport={sport} dport={dport} "
-    if proto in ICMP_INVERSE:
+    if proto in ICMP_PROTOCOLS:
         return f"type={dport >> 8} code={dport & 0xFF} id={sport} "
     if proto == 47:
         return f"srckey={sport:#x} dstkey={dport:#x} "
     return ""
 
 
-def format_entry(e, start_ns: int, now_ns: int) -> str:
+def format_entry(e, reply, start_ns: int, now_ns: int) -> str:
+    """One line; `reply` is the entry's reply tuple (Tracker.replies), translated where NAT
+    changed it."""
     l3 = int(e["l3"])
     proto = int(e["proto"])
     sport, dport = int(e["sport"]), int(e["dport"])
@@ -60,12 +61,8 @@ def format_entry(e, start_ns: int, now_ns: int) -> str:
     parts.append(f"packets={int(e['packets'][0])} bytes={int(e['bytes'][0])} ")
     if not status & SEEN_REPLY:
         parts.append("[UNREPLIED] ")
-    if proto in ICMP_INVERSE:
-        rtype = ICMP_INVERSE[proto].get(dport >> 8, dport >> 8)
-        rsport, rdport = sport, (rtype << 8) | (dport & 0xFF)
-    else:
-        rsport, rdport = dport, sport
-    parts.append(f"src={dst} dst={src} {_l4_fields(proto, rsport, rdport, state)}")
+    rsrc, rdst = format_addr(reply["src"], l3), format_addr(reply["dst"], l3)
+    parts.append(f"src={rsrc} dst={rdst} {_l4_fields(proto, int(reply['sport']), int(reply['dport']), state)}")
     parts.append(f"packets={int(e['packets'][1])} bytes={int(e['bytes'][1])} ")
     if status & ASSURED:
         parts.append("[ASSURED] ")
@@ -76,11 +73,13 @@ def format_entry(e, start_ns: int, now_ns: int) -> str:
     return "".join(parts)
 
 
-def format_table(entries: np.ndarray, start: np.ndarray, now_ns: int) -> list[str]:
-    """conntrack -L -o extended lines for the entries alive at now_ns, oldest first."""
+def format_table(entries: np.ndarray, replies: np.ndarray, start: np.ndarray, now_ns: int) -> list[str]:
+    """conntrack -L -o extended lines for the entries alive at now_ns, oldest first; `replies`
+    and `start` are parallel to `entries` (Tracker.replies, Tracker.cold()["start"])."""
     alive = entries["expires"] > now_ns
-    entries, start = entries[alive], start[alive]
-    return [format_entry(entries[i], int(start[i]), now_ns) for i in order_oldest_first(entries, start)]
+    entries, replies, start = entries[alive], replies[alive], start[alive]
+    return [format_entry(entries[i], replies[i], int(start[i]), now_ns)
+            for i in order_oldest_first(entries, start)]
 
 
 def format_stats(stats: dict) -> str:

@@ -27,6 +27,13 @@ REASONS: list[str] = _NAMES["reasons"]
 STAT_NAMES: list[str] = _NAMES["stats"]
 ENTRY_DTYPE = _engine.ENTRY_DTYPE
 COLD_DTYPE = _engine.COLD_DTYPE
+# A tuple: the first 40 bytes of an entry (the key), also the layout of a stored NAT reply tuple.
+TUPLE_DTYPE = np.dtype({"names": [n for n in ENTRY_DTYPE.names if ENTRY_DTYPE.fields[n][1] < 40],
+                        "formats": [ENTRY_DTYPE.fields[n][0] for n in ENTRY_DTYPE.names
+                                    if ENTRY_DTYPE.fields[n][1] < 40],
+                        "offsets": [ENTRY_DTYPE.fields[n][1] for n in ENTRY_DTYPE.names
+                                    if ENTRY_DTYPE.fields[n][1] < 40],
+                        "itemsize": 40})
 
 AF_INET, AF_INET6 = 2, 10
 PROTOCOLS = {"icmp": 1, "tcp": 6, "udp": 17, "dccp": 33, "gre": 47, "icmpv6": 58, "sctp": 132,
@@ -34,7 +41,7 @@ PROTOCOLS = {"icmp": 1, "tcp": 6, "udp": 17, "dccp": 33, "gre": 47, "icmpv6": 58
 PORT_PROTOCOLS = {6, 17, 132, 136}
 ICMP_PROTOCOLS = {1, 58}
 DEFAULT_MAX_CONNS = 262144     # nf_conntrack_max on this kernel (64-bit, > 4 GiB)
-MAX_MAX_CONNS = 2**31 - 1
+MAX_MAX_CONNS = _engine.MAX_CONNS_LIMIT
 
 
 def ct_state_names(value: int) -> list[str]:
@@ -150,7 +157,8 @@ class Tracker:
                  timeouts: dict | None = None, tcp_loose: bool = True, tcp_be_liberal: bool = False,
                  tcp_max_retrans: int = 3, prefault: bool = False, sysctl: dict | None = None,
                  timeout_policies: dict | None = None, dccp_tracker: bool = False,
-                 zone_limits: dict | None = None, early_drop: bool = True):
+                 zone_limits: dict | None = None, early_drop: bool = True, nat=None,
+                 interfaces: dict | None = None):
         """`sysctl` takes the kernel's net.netfilter.nf_conntrack_* names (fastct.sysctl); it is
         applied after the keyword arguments, and nf_conntrack_max there is the table size.
         `timeout_policies` is {zone: {timeout name: seconds}} (OVS-style per-zone timeouts).
@@ -159,7 +167,9 @@ class Tracker:
         connection's hash, as the kernel does (True), or just drop the new connection, as Open
         vSwitch's userspace conntrack does (False).
         `dccp_tracker` tracks DCCP with the state machine of kernels before 6.16 (default: as
-        generic, as this kernel does)."""
+        generic, as this kernel does).
+        `nat`: NAT rules (a fastct.nat.NatRules, or an iterable of NatRule), see set_nat.
+        `interfaces`: {interface number: address or list of addresses} (see set_interface_addresses)."""
         settings = sysctl_mod.normalise(sysctl)
         if sysctl_mod.MAX_NAME in settings:
             if max_conns is not None and max_conns != settings[sysctl_mod.MAX_NAME]:
@@ -200,6 +210,12 @@ class Tracker:
         if zone_limits:
             self.set_zone_limits(zone_limits)
         self.linktype_skipped = np.zeros(65536, dtype=np.uint64)
+        self._nat = None
+        if nat is not None:
+            self.set_nat(nat)
+        self._interfaces: dict[int, list] = {}
+        if interfaces:
+            self.set_interface_addresses(interfaces)
         if prefault:
             # Pay the kernel's first-touch cost for every entry now rather than per new connection.
             self._engine.prefault()
@@ -303,12 +319,66 @@ class Tracker:
             zone_map[zone] = k
         self._engine.set_zone_policies(zone_map, np.array(rows, dtype=np.int64))
 
+    # ---- NAT ------------------------------------------------------------------------------
+    def set_nat(self, rules) -> None:
+        """NAT rules for new connections (fastct.nat.NatRules, an iterable of NatRule, or None
+        for none).  Connections already in the table keep the bindings they got."""
+        from fastct.nat import NatRules
+        if rules is None:
+            self._nat = None
+            self._engine.set_nat_rules(None)
+            return
+        if not isinstance(rules, NatRules):
+            rules = NatRules(rules)
+        self._engine.set_nat_rules(rules.compile())
+        self._nat = rules
+
+    @property
+    def nat(self):
+        """The NAT rules in use (a NatRules), or None."""
+        return self._nat
+
+    def set_interface_addresses(self, interfaces: dict) -> None:
+        """The gateway's own addresses per interface number (the batch's iface): {number: address
+        or list of addresses}; the first IPv4 and the first IPv6 address of each count.
+        Redirect maps a connection to its input interface's address of its family."""
+        n = max((int(k) for k in interfaces), default=-1) + 1
+        addr = np.zeros((max(n, 1), 32), dtype=np.uint8)
+        has = np.zeros(max(n, 1), dtype=np.uint8)
+        for number, values in interfaces.items():
+            if isinstance(number, bool) or not isinstance(number, (int, np.integer)) or \
+                    not 0 <= number <= 0xFFFF:
+                raise ValueError(f"interface number must be in 0..65535, not {number!r}")
+            for value in ([values] if isinstance(values, str) else values):
+                try:
+                    ip = ipaddress.ip_address(value)
+                except ValueError:
+                    raise ValueError(f"interface {number}: {value!r} is not an IP address") from None
+                bit = 1 if ip.version == 4 else 2
+                if not has[number] & bit:
+                    off = 0 if ip.version == 4 else 16
+                    addr[number, off:off + len(ip.packed)] = np.frombuffer(ip.packed, dtype=np.uint8)
+                    has[number] |= bit
+        self._engine.set_interface_addresses(addr, has)
+        self._interfaces = {int(k): v for k, v in interfaces.items()}
+
     # ---- the batch ------------------------------------------------------------------------
     def process(self, batch: Batch, zone: int = 0, commit: bool = True, zone_from_vlan: bool = False,
-                out: Result | None = None) -> Result:
-        """Track every packet of `batch`; returns (or fills `out` with) ct_state, entry, direction."""
+                out: Result | None = None, rewrite: bool | None = None, out_iface=None) -> Result:
+        """Track every packet of `batch`; returns (or fills `out` with) ct_state, entry, direction.
+        With NAT rules set, packets of translated connections are rewritten in batch.buf (which
+        must then be writable) unless rewrite=False (verdicts only).  `out_iface`: each packet's
+        output interface, for rules that match one."""
         if not isinstance(batch, Batch):
             raise TypeError("process() takes a fastct.Batch")
+        if rewrite is None:
+            rewrite = self._nat is not None
+        if rewrite and not batch.buf.flags.writeable:
+            raise ValueError("NAT rewrites packets in place, but this batch's buffer is read-only "
+                             "(read the capture with writable=True, or pass rewrite=False for "
+                             "verdicts only)")
+        if out_iface is not None:
+            out_iface = np.ascontiguousarray(out_iface, dtype=np.uint16)
         n = len(batch)
         if out is None:
             out = Result(np.empty(n, dtype=np.uint8), np.empty(n, dtype=np.int32),
@@ -317,7 +387,8 @@ class Tracker:
             batch.buf, batch.offsets, batch.caplen, batch.wirelen, batch.ts, batch.iface,
             batch.if_linktype, batch.if_fcslen, out.ct_state, out.entry, out.direction,
             out.held.view(np.uint8), self.linktype_skipped,
-            zone=zone, zone_from_vlan=zone_from_vlan, commit=commit)
+            zone=zone, zone_from_vlan=zone_from_vlan, commit=commit, rewrite=bool(rewrite),
+            out_iface=out_iface)
         return out
 
     # ---- queries --------------------------------------------------------------------------
@@ -371,6 +442,28 @@ class Tracker:
         if port is not None:
             mask &= has_ports & ((view["sport"] == port) | (view["dport"] == port))
         return view[mask]
+
+    def replies(self, entries: np.ndarray | None = None) -> np.ndarray:
+        """The reply tuple of each entry (TUPLE_DTYPE, parallel to `entries`, default all live
+        entries): the original tuple reversed, or for a connection NAT changed, the translated
+        tuple stored with it (what `conntrack -L` prints second)."""
+        if entries is None:
+            entries = self.entries()
+        out = np.zeros(len(entries), dtype=TUPLE_DTYPE)
+        out["src"], out["dst"] = entries["dst"], entries["src"]
+        out["zone"], out["l3"], out["proto"] = entries["zone"], entries["l3"], entries["proto"]
+        out["sport"], out["dport"] = entries["dport"], entries["sport"]
+        icmp = np.isin(entries["proto"], list(ICMP_PROTOCOLS))
+        if icmp.any():
+            # ICMP: the id stays, the type becomes the reply type (as the kernel inverts it).
+            out["sport"][icmp] = entries["sport"][icmp]
+            out["dport"][icmp] = _icmp_reply_word(entries["proto"][icmp], entries["dport"][icmp])
+        nat = (entries["status"] & NAT_MASK) != 0
+        records = self._engine.nat_view()
+        if nat.any() and records is not None:
+            raw = np.ascontiguousarray(records.view(np.uint8).reshape(len(records), -1)[:, :40])
+            out[nat] = raw.view(TUPLE_DTYPE).reshape(-1)[entries["aux"][nat]]
+        return out
 
     def _port_protocols(self) -> set[int]:
         return PORT_PROTOCOLS | {33} if self._dccp_tracker else PORT_PROTOCOLS
@@ -430,6 +523,20 @@ class Tracker:
 
     def memory_bytes(self) -> int:
         return self._engine.memory_bytes()
+
+
+NAT_MASK = STATUS_BITS["SRC_NAT"] | STATUS_BITS["DST_NAT"]
+_ICMP_REPLY_TYPE: dict[int, dict[int, int]] = _NAMES["icmp_inverse"]   # the engine's own table
+
+
+def _icmp_reply_word(protos: np.ndarray, words: np.ndarray) -> np.ndarray:
+    """type << 8 | code of the reply to each ICMP tuple (the type kept where it has no reply)."""
+    out = words.copy()
+    for proto, table in _ICMP_REPLY_TYPE.items():
+        for t, r in table.items():
+            sel = (protos == proto) & ((words >> 8) == t)
+            out[sel] = (r << 8) | (words[sel] & 0xFF)
+    return out
 
 
 def _addr_mask(view, field, value):

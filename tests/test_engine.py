@@ -1037,7 +1037,9 @@ def test_read_only_input_buffers():
     assert t.process(ro).ct_state.tolist() == [T_NEW, T_RPL, T_EST]
     assert tcp_rec(t)["state_name"] == "ESTABLISHED"
     # A bytes-backed buffer (np.frombuffer of bytes is read-only) as well.
-    b2 = batch([udp4(C, S, 1, 1)], ts=[1.0])
+    b1 = batch([udp4(C, S, 1, 1)], ts=[1.0])
+    b2 = Batch(np.frombuffer(b1.buf.tobytes(), dtype=np.uint8), b1.offsets, b1.caplen, b1.wirelen,
+               b1.ts, b1.iface, b1.if_linktype, b1.if_fcslen)
     assert not b2.buf.flags.writeable
     assert t.process(b2).ct_state.tolist() == [T_NEW]
 
