@@ -721,7 +721,7 @@ cdef class Engine:
                     # tuple inverted, so the direction found is the error's own.
                     m.k[0], m.k[1], m.k[2], m.k[3] = m.k[2], m.k[3], m.k[0], m.k[1]
                     m.k[4], m.rk4 = m.rk4, m.k[4]
-                m.hash = meta_hash(m, t.seed)
+                m.hash = key_hash(m.k[0], m.k[1], m.k[2], m.k[3], m.k[4], m.rk4, t.seed)
                 m.sack = m.ack
                 FASTCT_PREFETCH_R(&t.slots[(m.hash >> 32) & t.mask])
         # Stage 2: read the (prefetched) index slots and prefetch the entry each one points to, both

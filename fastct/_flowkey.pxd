@@ -12,14 +12,10 @@ from libc.string cimport memcpy
 from fastct._types cimport *
 from fastct._parse cimport tuple_reverse_k4
 
-cdef inline uint64_t key_hash(uint64_t k0, uint64_t k1, uint64_t k2, uint64_t k3, uint64_t k4,
-                              uint64_t rk4, const uint64_t *seed) noexcept nogil:
-    if k0 < k2 or (k0 == k2 and k1 < k3):
-        return fastct_hash5(k0, k1, k2, k3, k4, seed)
-    if k0 == k2 and k1 == k3:
-        # Both ends share an address (loopback): order by the port word instead.
-        return fastct_hash5(k0, k1, k2, k3, k4 if k4 < rk4 else rk4, seed)
-    return fastct_hash5(k2, k3, k0, k1, rk4, seed)
+cdef extern from "compat.h" nogil:
+    # The fixed-order keyed hash (include/compat.h, forced inline).
+    uint64_t key_hash "fastct_key_hash"(uint64_t k0, uint64_t k1, uint64_t k2, uint64_t k3, uint64_t k4,
+                                        uint64_t rk4, const uint64_t *seed)
 
 cdef inline uint64_t meta_hash(const pkt_meta *m, const uint64_t *seed) noexcept nogil:
     return key_hash(m.k[0], m.k[1], m.k[2], m.k[3], m.k[4], m.rk4, seed)

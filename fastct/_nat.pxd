@@ -87,7 +87,7 @@ cdef inline bint prefix_match(const uint8_t *addr, const uint8_t *net, uint8_t p
         return False
     return rest == 0 or ((addr[whole] ^ net[whole]) & <uint8_t>(0xFF << (8 - rest))) == 0
 
-cdef inline bint proto_has_ports(const ct_table *t, uint8_t proto) noexcept nogil:
+cdef inline bint nat_has_ports(const ct_table *t, uint8_t proto) noexcept nogil:
     """Protocols whose tuple carries ports NAT may translate (DCCP's only with its own tracker:
     tracked as generic its tuple has none)."""
     return proto == IP_PROTO_TCP or proto == IP_PROTO_UDP or proto == IP_PROTO_UDPLITE or \
@@ -114,7 +114,7 @@ cdef inline bint rule_matches(const ct_table *t, const nat_rule *r, const uint64
     if r.dst_plen and not prefix_match(<const uint8_t *>&k[2], r.dst, r.dst_plen):
         return False
     if r.sport_lo != 0 or r.sport_hi != 0xFFFF or r.dport_lo != 0 or r.dport_hi != 0xFFFF:
-        if not proto_has_ports(t, proto):
+        if not nat_has_ports(t, proto):
             return False
         sport = <uint16_t>(k4 & 0xFFFF)
         dport = <uint16_t>((k4 >> 16) & 0xFFFF)
@@ -175,7 +175,7 @@ cdef inline bint _port_in_range(const ct_table *t, const uint64_t *k, uint8_t ma
                                 const nat_range *rg) noexcept nogil:
     cdef uint8_t proto = <uint8_t>(k[4] >> 56)
     cdef uint16_t p
-    if rg.pmin == 0 or not (proto_has_ports(t, proto) or proto == IP_PROTO_ICMP or proto == IP_PROTO_ICMP6):
+    if rg.pmin == 0 or not (nat_has_ports(t, proto) or proto == IP_PROTO_ICMP or proto == IP_PROTO_ICMP6):
         return True
     p = _key_port(k, manip)
     return rg.pmin <= p <= rg.pmax
@@ -237,7 +237,7 @@ cdef inline bint _unique_port(ct_table *t, uint64_t *k, uint8_t manip, const nat
             lo = rg.pmin; size = <uint32_t>rg.pmax - rg.pmin + 1
         else:
             lo = 0; size = 65536
-    elif proto_has_ports(t, proto):
+    elif nat_has_ports(t, proto):
         if rg.pmin:
             lo = rg.pmin; size = <uint32_t>rg.pmax - rg.pmin + 1
         elif manip == MANIP_DST:

@@ -45,39 +45,10 @@ cdef inline void _bad(pkt_meta *m, uint8_t reason) noexcept nogil:
     m.kind = PK_INVALID
     m.reason = reason
 
-cdef inline uint8_t icmp_inverse_type(uint8_t proto, uint8_t t) noexcept nogil:
-    """The type of the answer to ICMP type `t` (request <-> reply), 0xFF when it has none.
-    The kernel inverts the type the same way when it builds a reply tuple."""
-    if proto == IP_PROTO_ICMP:
-        if t == 8: return 0
-        if t == 0: return 8
-        if t == 13: return 14
-        if t == 14: return 13
-        if t == 15: return 16
-        if t == 16: return 15
-        if t == 17: return 18
-        if t == 18: return 17
-        return 0xFF
-    if t == 128: return 129
-    if t == 129: return 128
-    if t == 139: return 140
-    if t == 140: return 139
-    return 0xFF
-
-cdef inline uint64_t tuple_reverse_k4(uint64_t k4) noexcept nogil:
-    """Key word of the reversed tuple: ports swapped, or for ICMP the type inverted (id and code kept).
-    One function for packets and stored entries, so a tuple and its reverse always hash alike."""
-    cdef uint8_t proto = <uint8_t>(k4 >> 56)
-    cdef uint64_t upper = k4 & 0xFFFFFFFF00000000ULL
-    cdef uint64_t sport = k4 & 0xFFFF
-    cdef uint64_t dport = (k4 >> 16) & 0xFFFF
-    cdef uint8_t inv
-    if proto == IP_PROTO_ICMP or proto == IP_PROTO_ICMP6:
-        inv = icmp_inverse_type(proto, <uint8_t>(dport >> 8))
-        if inv == 0xFF:
-            return k4
-        return upper | sport | ((<uint64_t>inv << 8 | (dport & 0xFF)) << 16)
-    return upper | dport | (sport << 16)
+# ICMP type inversion and the reversed key word: C (include/compat.h), forced inline on the hot path.
+cdef extern from "compat.h" nogil:
+    uint8_t icmp_inverse_type "fastct_icmp_inverse_type"(uint8_t proto, uint8_t t)
+    uint64_t tuple_reverse_k4 "fastct_reverse_k4"(uint64_t k4)
 
 cdef inline bint proto_has_ports(uint8_t proto) noexcept nogil:
     # DCCP is tracked as generic (no ports in the key) by the 6.18 kernel, which has no DCCP tracker.

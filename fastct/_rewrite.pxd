@@ -20,7 +20,7 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcmp, memcpy
 from fastct._types cimport *
 from fastct._sctp cimport sctp_crc
-from fastct._nat cimport tuple_reverse, proto_has_ports
+from fastct._nat cimport tuple_reverse, nat_has_ports
 
 cdef inline uint64_t _replace(uint8_t *p, const uint8_t *new, uint32_t n) noexcept nogil:
     """Write n bytes (n even) at p; the checksum delta: the sum of ~old and new 16-bit words."""
@@ -127,7 +127,7 @@ cdef inline bint _transport(const ct_table *t, uint8_t *l4, uint32_t cap, uint32
             if cap < 6:
                 return False
             d += _replace16(l4 + 4, sport)
-    elif proto_has_ports(t, proto):
+    elif nat_has_ports(t, proto):
         if cap < 4:
             return False
         if set_sport:

@@ -8,6 +8,7 @@ import os
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse
+import ipaddress
 import signal
 import sys
 
@@ -46,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--stats", action="store_true", help="print conntrack -S counters after the table")
     t.add_argument("--zone", type=_int_arg(0, 65535, "--zone"), default=0, help="put all traffic in zone N")
     t.add_argument("--zone-from", choices=["vlan"], help="take the zone from the outer VLAN id")
-    t.add_argument("--max-conns", type=_int_arg(1, 2**31 - 1, "--max-conns"), default=None,
+    t.add_argument("--max-conns", type=_int_arg(1, 2**31 - 2, "--max-conns"), default=None,
                    help="table size (nf_conntrack_max; default 262144)")
     t.add_argument("--sysctl", action="append", default=[], metavar="NAME=VALUE",
                    help="a kernel setting by its name, e.g. net.netfilter.nf_conntrack_tcp_loose=0 "
@@ -60,6 +61,20 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--dccp-tracker", action="store_true",
                    help="track DCCP with the state machine of kernels before 6.16 (default: as "
                         "generic, as this kernel does)")
+    nat = t.add_argument_group(
+        "NAT", "translate new connections as a gateway would: SPEC is ADDR[-ADDR][:PORT[-PORT]] "
+               "(IPv6 as [ADDR]:PORT), optionally followed by ,persistent ,random ,fully-random")
+    nat.add_argument("--snat", action="append", default=[], metavar="SPEC",
+                     help="source NAT for every new connection of SPEC's address family (postrouting)")
+    nat.add_argument("--dnat", action="append", default=[], metavar="SPEC",
+                     help="destination NAT for every new connection of SPEC's family (prerouting)")
+    nat.add_argument("--masquerade", action="append", default=[], metavar="ADDR[:PORTS]",
+                     help="source NAT to the output interface's address ADDR (postrouting)")
+    nat.add_argument("--src-nat", nargs="?", const=True, default=None, metavar="ADDR",
+                     help="list only connections whose source NAT changed them (to ADDR), as "
+                          "conntrack -L --src-nat")
+    nat.add_argument("--dst-nat", nargs="?", const=True, default=None, metavar="ADDR",
+                     help="list only connections whose destination NAT changed them (to ADDR)")
     t.add_argument("--batch-size", type=_int_arg(1, 1 << 20, "--batch-size"), default=4096,
                    help="packets per batch (results do not depend on it)")
     t.add_argument("--seed", type=_int_arg(0, 2**63 - 1, "--seed"), default=None,
@@ -103,7 +118,10 @@ def _zone_limit(text: str):
 
 def cmd_track(args) -> int:
     from fastct.capture.reader import CaptureError, CaptureReader
-    from fastct.conntrack_fmt import format_fastct_stats, format_stats, format_table
+    import numpy as np
+
+    from fastct.conntrack_fmt import format_fastct_stats, format_stats, format_table, nat_filter
+    from fastct.nat import NatRules
     from fastct.tracker import Tracker
 
     from fastct.sysctl import parse_assignment, parse_timeout_policy
@@ -115,9 +133,16 @@ def cmd_track(args) -> int:
             zone, name, seconds = parse_timeout_policy(text)
             policies.setdefault(zone, {})[name] = seconds
         limits = dict(_zone_limit(text) for text in args.zone_limit)
+        rules = NatRules.from_cli(snat=args.snat, dnat=args.dnat, masquerade=args.masquerade)
+        for option, value in (("--src-nat", args.src_nat), ("--dst-nat", args.dst_nat)):
+            if isinstance(value, str):
+                try:
+                    ipaddress.ip_address(value)
+                except ValueError:
+                    raise ValueError(f"{option} takes an IP address, not {value!r}") from None
         tracker = Tracker(max_conns=args.max_conns, seed=args.seed, sysctl=sysctl,
                           timeout_policies=policies, dccp_tracker=args.dccp_tracker,
-                          zone_limits=limits)
+                          zone_limits=limits, nat=rules if len(rules) else None)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     error = None
@@ -126,7 +151,8 @@ def cmd_track(args) -> int:
     try:
         reader = CaptureReader(args.file, batch_size=args.batch_size)
         for batch in reader:
-            tracker.process(batch, zone=args.zone, zone_from_vlan=args.zone_from == "vlan")
+            tracker.process(batch, zone=args.zone, zone_from_vlan=args.zone_from == "vlan",
+                            rewrite=False)
         error = reader.error
     except CaptureError as exc:
         error = exc
@@ -135,7 +161,14 @@ def cmd_track(args) -> int:
     # Ctrl-C from here on would cut the table short: finish printing first.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     stats = tracker.stats()
-    lines = format_table(tracker.entries(), tracker.replies(), tracker.cold()["start"], tracker.now)
+    entries = tracker.entries()
+    replies = tracker.replies(entries)
+    start = tracker.cold()["start"]
+    keep = np.ones(len(entries), dtype=bool)
+    for kind, value in (("src", args.src_nat), ("dst", args.dst_nat)):
+        if value is not None:
+            keep &= nat_filter(entries, replies, kind, None if value is True else value)
+    lines = format_table(entries[keep], replies[keep], start[keep], tracker.now)
     out = sys.stdout
     if lines:
         out.write("\n".join(lines) + "\n")

@@ -16,6 +16,8 @@ L4_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 33: "dccp", 47: "gre", 58: "icmpv6",
 PORT_PROTOCOLS = {6, 17, 132, 136}
 ICMP_PROTOCOLS = {1, 58}
 SEEN_REPLY = STATUS_BITS["SEEN_REPLY"]
+SRC_NAT_DONE = STATUS_BITS["SRC_NAT_DONE"]
+DST_NAT_DONE = STATUS_BITS["DST_NAT_DONE"]
 ASSURED = STATUS_BITS["ASSURED"]
 NS = 1_000_000_000
 
@@ -97,3 +99,28 @@ def format_fastct_stats(stats: dict) -> str:
     if stats["reasons"]:
         line += " invalid: " + ", ".join(f"{k}={v}" for k, v in stats["reasons"].items())
     return line
+
+
+def nat_filter(entries: np.ndarray, replies: np.ndarray, kind: str, addr: str | None = None) -> np.ndarray:
+    """conntrack's --src-nat / --dst-nat [ADDR] (kind "src" or "dst"): a mask of the entries
+    whose source (destination) NAT changed the address or the port, as conntrack-tools decides it
+    (the _DONE status bit set and the reply tuple differing from the original).  With ADDR, the
+    translated address must be ADDR.  conntrack-tools compares only IPv4 addresses and, for
+    ICMP, mixes up the id and type fields; fastct compares IPv6 too and ICMP ids with ids."""
+    import ipaddress
+    if kind == "src":
+        done, orig_addr, orig_port, new_addr, new_port = SRC_NAT_DONE, "src", "sport", "dst", "dport"
+    else:
+        done, orig_addr, orig_port, new_addr, new_port = DST_NAT_DONE, "dst", "dport", "src", "sport"
+    mask = (entries["status"] & done) != 0
+    addr_changed = np.any(entries[orig_addr] != replies[new_addr], axis=1)
+    icmp = np.isin(entries["proto"], list(ICMP_PROTOCOLS))
+    # ICMP: the id is the translated "port", in sport of both tuples.
+    port_changed = np.where(icmp, entries["sport"] != replies["sport"],
+                            entries[orig_port] != replies[new_port])
+    if addr is None:
+        return mask & (addr_changed | port_changed)
+    ip = ipaddress.ip_address(addr)
+    raw = np.frombuffer(ip.packed + bytes(16 - len(ip.packed)), dtype=np.uint8)
+    fam = 2 if ip.version == 4 else 10
+    return mask & addr_changed & (entries["l3"] == fam) & np.all(replies[new_addr] == raw, axis=1)
