@@ -6,6 +6,10 @@ with no Python per packet; the packet bytes stay where they are in the map (zero
 stops at the first damaged record and says where and why; blocks that describe the capture rather
 than carry packets (pcapng section and interface headers) are handed back to Python, which parses
 them (they are rare) and resumes the scan.
+
+Given `rec_start` and `rec_end` arrays, a scanner also notes where each packet's whole record
+(header, data, padding, options, trailer) starts and ends: a capture writer copies records by these.
+Only a reader that will be written out asks for them, so plain reading does no extra stores.
 """
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 
@@ -47,7 +51,7 @@ cdef inline uint16_t rd16(const uint8_t *p, bint swapped) noexcept nogil:
 
 def scan_pcap(const uint8_t[::1] data, Py_ssize_t pos, bint swapped, bint nsec, uint32_t max_caplen,
               int64_t[::1] offsets, uint32_t[::1] caplen, uint32_t[::1] wirelen, int64_t[::1] ts,
-              Py_ssize_t maxn):
+              Py_ssize_t maxn, int64_t[::1] rec_start=None, int64_t[::1] rec_end=None):
     """Classic pcap records from `pos`.  Returns (count, new_pos, status, bad_value)."""
     cdef Py_ssize_t size = data.shape[0]
     cdef Py_ssize_t n = 0
@@ -57,8 +61,11 @@ def scan_pcap(const uint8_t[::1] data, Py_ssize_t pos, bint swapped, bint nsec, 
     cdef int64_t bad = 0
     cdef uint32_t frac_limit = 1000000000 if nsec else 1000000
     cdef int64_t mult = 1 if nsec else 1000
+    cdef bint bounds = rec_start is not None and rec_end is not None
     if maxn > offsets.shape[0]:
         maxn = offsets.shape[0]
+    if bounds and maxn > min(rec_start.shape[0], rec_end.shape[0]):
+        maxn = min(rec_start.shape[0], rec_end.shape[0])
     with nogil:
         while n < maxn:
             if pos == size:
@@ -87,6 +94,9 @@ def scan_pcap(const uint8_t[::1] data, Py_ssize_t pos, bint swapped, bint nsec, 
             caplen[n] = cl
             wirelen[n] = wl
             ts[n] = <int64_t>sec * 1000000000 + <int64_t>frac * mult
+            if bounds:
+                rec_start[n] = pos
+                rec_end[n] = pos + 16 + cl
             n += 1
             pos += 16 + cl
     return n, pos, status, bad
@@ -96,7 +106,8 @@ def scan_pcapng(const uint8_t[::1] data, Py_ssize_t pos, bint swapped, uint32_t 
                 const int64_t[::1] if_ts_mul, const int64_t[::1] if_ts_div, const int64_t[::1] if_ts_off,
                 const uint32_t[::1] if_snaplen, Py_ssize_t if_base, Py_ssize_t if_count,
                 int64_t[::1] offsets, uint32_t[::1] caplen, uint32_t[::1] wirelen, int64_t[::1] ts,
-                uint16_t[::1] iface, Py_ssize_t maxn, int64_t last_ts):
+                uint16_t[::1] iface, Py_ssize_t maxn, int64_t last_ts, int64_t[::1] rec_start=None,
+                int64_t[::1] rec_end=None):
     """pcapng blocks from `pos` within one section whose interfaces are global ids
     if_base .. if_base + if_count - 1.  Timestamps: ticks * mul // div + offset (ns).
     Returns (count, new_pos, status, bad_value)."""
@@ -108,8 +119,11 @@ def scan_pcapng(const uint8_t[::1] data, Py_ssize_t pos, bint swapped, uint32_t 
     cdef Py_ssize_t g
     cdef int status = S_FULL
     cdef int64_t bad = 0
+    cdef bint bounds = rec_start is not None and rec_end is not None
     if maxn > offsets.shape[0]:
         maxn = offsets.shape[0]
+    if bounds and maxn > min(rec_start.shape[0], rec_end.shape[0]):
+        maxn = min(rec_start.shape[0], rec_end.shape[0])
     with nogil:
         while n < maxn:
             if pos == size:
@@ -165,6 +179,9 @@ def scan_pcapng(const uint8_t[::1] data, Py_ssize_t pos, bint swapped, uint32_t 
                     <int64_t>((ticks % <uint64_t>if_ts_div[g]) * <uint64_t>if_ts_mul[g] // <uint64_t>if_ts_div[g]) + \
                     if_ts_off[g]
                 iface[n] = <uint16_t>g
+                if bounds:
+                    rec_start[n] = pos
+                    rec_end[n] = pos + blen
                 n += 1
             elif btype == 3:
                 # Simple packet block: interface 0, no timestamp (it gets the previous packet's time).
@@ -187,6 +204,9 @@ def scan_pcapng(const uint8_t[::1] data, Py_ssize_t pos, bint swapped, uint32_t 
                 wirelen[n] = wl
                 ts[n] = ts[n - 1] if n > 0 else last_ts
                 iface[n] = <uint16_t>if_base
+                if bounds:
+                    rec_start[n] = pos
+                    rec_end[n] = pos + blen
                 n += 1
             pos += blen
     return n, pos, status, bad

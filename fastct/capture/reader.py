@@ -2,7 +2,9 @@
 
 The per-record work is done by the scanners in _reader.pyx; this module reads the file and
 interface headers (once per section or interface) and turns scanner stops into CaptureError with
-the byte offset and what was wrong.
+the byte offset and what was wrong.  A reader opened writable=True yields CaptureBatches, which own
+a copy of their records (to be rewritten in place) and say where each record lies, so that
+fastct.capture.writer can write the capture back out.
 """
 from __future__ import annotations
 
@@ -35,6 +37,17 @@ class CaptureError(Exception):
 
 
 @dataclass
+class CaptureBatch(Batch):
+    """A Batch from CaptureReader(writable=True).  `buf` is a private, writable copy of the file from
+    the batch's first record to the end of its last (records whole, with any non-packet blocks
+    between them); offsets, rec_start and rec_end index into it, and buf[0] is file byte
+    `file_offset`."""
+    file_offset: int
+    rec_start: np.ndarray    # int64, where each packet's record (its header) starts in buf
+    rec_end: np.ndarray      # int64, where it ends (after padding, options, trailer)
+
+
+@dataclass
 class Interface:
     linktype: int
     fcslen: int = 0
@@ -49,15 +62,21 @@ class CaptureReader:
     """Iterate over a capture as Batches of up to `batch_size` packets.
 
     Packet bytes are views of the memory-mapped file: a Batch is valid while the reader is open.
+    With writable=True each batch is a CaptureBatch instead, with its own copy of its records: one
+    copy per batch, so that packets can be rewritten in place and written out (CaptureWriter).
     After iteration, `error` holds the CaptureError that stopped it early (None for a clean end);
     every packet before the damage has been yielded.
     """
 
-    def __init__(self, path, batch_size: int = 4096):
+    def __init__(self, path, batch_size: int = 4096, writable: bool = False):
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         self.path = os.fspath(path)
         self.batch_size = batch_size
+        self.writable = writable
+        # True once iteration has ended by itself (end of file, or damage), not when the caller
+        # stopped early: then `position` is where reading stopped.
+        self.finished = False
         self.interfaces: list[Interface] = []
         self.error: CaptureError | None = None
         self.format = ""
@@ -75,6 +94,12 @@ class CaptureReader:
         self.data = np.frombuffer(self._mmap, dtype=np.uint8)
         self.size = size
         self._start()
+
+    @property
+    def position(self) -> int:
+        """Bytes of the file read so far; every record and block before this offset is whole.  Once
+        `finished`, the file size after a clean end, else where the unreadable record or block starts."""
+        return self._pos
 
     # ---- headers ----------------------------------------------------------------------------
     def _fail(self, offset, message):
@@ -204,6 +229,10 @@ class CaptureReader:
                 np.array([i.fcslen for i in ifs], dtype=np.uint32))
 
     def __iter__(self):
+        yield from self._batches()
+        self.finished = True
+
+    def _batches(self):
         n = self.batch_size
         last_ts = 0
         errors = {
@@ -223,14 +252,17 @@ class CaptureReader:
             wirelen = np.empty(n, dtype=np.uint32)
             ts = np.empty(n, dtype=np.int64)
             iface = np.zeros(n, dtype=np.uint16)
+            # Where each record starts and ends, for CaptureWriter: only asked of the scanners when
+            # the batches are to be copied, so plain reading stores nothing more.
+            bounds = (np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)) if self.writable else ()
             try:
                 if self.format == "pcap":
                     cnt, pos, status, bad = _reader.scan_pcap(
                         self.data, self._pos, self._swapped, self._nsec, self._max_caplen,
-                        offsets, caplen, wirelen, ts, n)
+                        offsets, caplen, wirelen, ts, n, *bounds)
                 else:
                     cnt, pos, status, bad = self._scan_pcapng(offsets, caplen, wirelen, ts, iface, n,
-                                                              last_ts)
+                                                              last_ts, bounds)
             except CaptureError as exc:
                 self.error = exc
                 return
@@ -240,8 +272,11 @@ class CaptureReader:
                 last_ts = int(ts[cnt - 1])
                 self.packets += cnt
                 lt, fcs = self._if_arrays()
-                yield Batch(self.data, offsets[:cnt], caplen[:cnt], wirelen[:cnt], ts[:cnt],
-                            iface[:cnt], lt, fcs)
+                columns = (offsets[:cnt], caplen[:cnt], wirelen[:cnt], ts[:cnt], iface[:cnt], lt, fcs)
+                if bounds:
+                    yield self._private_batch(columns, *(b[:cnt] for b in bounds))
+                else:
+                    yield Batch(self.data, *columns)
             if status == _reader.SCAN_FULL:
                 continue
             if status == _reader.SCAN_EOF:
@@ -251,7 +286,16 @@ class CaptureReader:
             self.error = CaptureError(self.path, stop_at, msg)
             return
 
-    def _scan_pcapng(self, offsets, caplen, wirelen, ts, iface, n, last_ts):
+    def _private_batch(self, columns, rec_start, rec_end):
+        """A CaptureBatch owning a copy of the file from its first record to the end of its last
+        (one contiguous copy), with every position rebased to that copy."""
+        base = int(rec_start[0])
+        buf = self.data[base:int(rec_end[-1])].copy()
+        for positions in (columns[0], rec_start, rec_end):    # offsets; all fresh for this batch
+            positions -= base
+        return CaptureBatch(buf, *columns, file_offset=base, rec_start=rec_start, rec_end=rec_end)
+
+    def _scan_pcapng(self, offsets, caplen, wirelen, ts, iface, n, last_ts, bounds):
         total = 0
         if self._pending is not None:
             raise self._pending
@@ -274,7 +318,8 @@ class CaptureReader:
             cnt, pos, status, bad = _reader.scan_pcapng(
                 self.data, self._pos, self._swapped, 1 << 24, mul, div, off, snap, self._if_base,
                 self._if_count, offsets[total:], caplen[total:], wirelen[total:], ts[total:],
-                iface[total:], n - total, int(ts[total - 1]) if total else last_ts)
+                iface[total:], n - total, int(ts[total - 1]) if total else last_ts,
+                *(b[total:] for b in bounds))
             total += cnt
             self._pos = pos
             if status == _reader.SCAN_BLOCK:
