@@ -70,6 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="destination NAT for every new connection of SPEC's family (prerouting)")
     nat.add_argument("--masquerade", action="append", default=[], metavar="ADDR[:PORTS]",
                      help="source NAT to the output interface's address ADDR (postrouting)")
+    nat.add_argument("-w", "--write", metavar="FILE",
+                     help="write every packet, translated as it would leave the gateway, to FILE "
+                          "in the input's format (pcap or pcapng); invalid packets unchanged")
+    nat.add_argument("--drop-invalid", action="store_true",
+                     help="with -w: leave packets with an inv verdict out of FILE")
     nat.add_argument("--src-nat", nargs="?", const=True, default=None, metavar="ADDR",
                      help="list only connections whose source NAT changed them (to ADDR), as "
                           "conntrack -L --src-nat")
@@ -121,7 +126,9 @@ def cmd_track(args) -> int:
     import numpy as np
 
     from fastct.conntrack_fmt import format_fastct_stats, format_stats, format_table, nat_filter
+    from fastct.capture.writer import CaptureWriter
     from fastct.nat import NatRules
+    from fastct.tracker import CT_STATE_BITS
     from fastct.tracker import Tracker
 
     from fastct.sysctl import parse_assignment, parse_timeout_policy
@@ -140,6 +147,8 @@ def cmd_track(args) -> int:
                     ipaddress.ip_address(value)
                 except ValueError:
                     raise ValueError(f"{option} takes an IP address, not {value!r}") from None
+        if args.drop_invalid and not args.write:
+            raise ValueError("--drop-invalid needs -w FILE (it leaves packets out of that file)")
         tracker = Tracker(max_conns=args.max_conns, seed=args.seed, sysctl=sysctl,
                           timeout_policies=policies, dccp_tracker=args.dccp_tracker,
                           zone_limits=limits, nat=rules if len(rules) else None)
@@ -148,18 +157,33 @@ def cmd_track(args) -> int:
     error = None
     interrupted = False
     reader = None
+    writer = None
+    inv = CT_STATE_BITS["inv"]
     try:
-        reader = CaptureReader(args.file, batch_size=args.batch_size)
+        reader = CaptureReader(args.file, batch_size=args.batch_size, writable=bool(args.write))
+        if args.write:
+            try:
+                writer = CaptureWriter(args.write, reader)
+            except (OSError, ValueError) as exc:
+                raise UsageError(f"-w {args.write}: {getattr(exc, 'strerror', None) or exc}") from None
         for batch in reader:
-            tracker.process(batch, zone=args.zone, zone_from_vlan=args.zone_from == "vlan",
-                            rewrite=False)
+            r = tracker.process(batch, zone=args.zone, zone_from_vlan=args.zone_from == "vlan",
+                                rewrite=writer is not None)
+            if writer is not None:
+                writer.write(batch, (r.ct_state & inv) == 0 if args.drop_invalid else None)
         error = reader.error
     except CaptureError as exc:
         error = exc
     except KeyboardInterrupt:
         interrupted = True
-    # Ctrl-C from here on would cut the table short: finish printing first.
+    except OSError as exc:
+        if writer is None:
+            raise
+        error = f"-w {args.write}: {exc.strerror or exc}: it holds the packets written before"
+    # Ctrl-C from here on would cut the table (or the output file's last blocks) short: finish first.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if writer is not None:
+        writer.close()
     stats = tracker.stats()
     entries = tracker.entries()
     replies = tracker.replies(entries)
@@ -191,6 +215,9 @@ def cmd_track(args) -> int:
     elif stats["packets"] and not handled:
         err.write("fastct: error: no packet of a link type fastct handles\n")
         status = EXIT_INPUT
+    if writer is not None:
+        err.write(f"fastct: wrote {writer.packets} packets to {args.write}"
+                  f"{' (whole records only: interrupted)' if interrupted else ''}\n")
     if interrupted:
         err.write("fastct: interrupted: the table above holds the packets processed so far\n")
         status = EXIT_INTERRUPTED
