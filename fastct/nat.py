@@ -1,9 +1,9 @@
 """NAT rules: validated in Python, compiled to a flat array of `nat_rule` for the batch loop.
 
-This is the rule layer only: the engine does not apply the compiled rules yet, and the command line
-has no NAT options yet (both come with the rest of the NAT issue).  A rule says which new connections it applies to (zone, interfaces,
-networks, protocol, ports) and what to do with them (snat, dnat, masquerade, redirect, notrack,
-accept).  `NatRules.compile()` lays the rules out as `fastct._engine.NAT_RULE_DTYPE` (the C struct
+The engine applies the compiled rules (fastct/_nat.pxd) and rewrites packets (fastct/_rewrite.pxd);
+`fastct track --snat/--dnat/--masquerade` builds them with NatRules.from_cli.  A rule says which
+new connections it applies to (zone, interfaces, networks, protocol, ports) and what to do with
+them (snat, dnat, masquerade, redirect, notrack, accept).  `NatRules.compile()` lays the rules out as `fastct._engine.NAT_RULE_DTYPE` (the C struct
 `nat_rule` of fastct/_types.pxd, whose comments define every field's encoding); action and flag
 numbers come from include/ct_defs.h through `fastct._engine.names()`, never restated here.
 
@@ -256,7 +256,9 @@ class NatRule:
       the rule carries it (to_min == to_max).  No `persistent` (iptables' MASQUERADE has none).
     - redirect (prerouting): dnat to the input interface's own address, optionally to `to_ports`
       (iptables' REDIRECT --to-ports); the rule names no address.
-    - notrack: the connection is not tracked (iptables' raw-table NOTRACK / nft's notrack).
+    - notrack: matching packets are not tracked at all (iptables' raw-table NOTRACK / nft's
+      notrack): like the raw table, notrack rules are checked for every packet, before tracking and
+      apart from the other rules (the first matching notrack rule applies); ct_state 0, no entry.
     - accept: stops the stage's rules for this connection without translating it.
 
     A `to_ports` range applies to connections whose protocol has ports or ICMP echo ids; with `proto`
