@@ -552,6 +552,21 @@ cdef class Engine:
                 problems.append(f"entry {idx} not found from its reply direction ({found})")
         return problems
 
+    def hash_tuples(self, const uint64_t[:, ::1] keys):
+        """The table's keyed hash of each tuple (rows of five words in the entry key layout): the
+        index slot a connection's home is (hash >> 32) & (n_slots - 1).  For tests and tools that
+        play the attacker who knows the seed."""
+        cdef Py_ssize_t i, n = keys.shape[0]
+        if keys.shape[1] != 5:
+            raise ValueError("keys must be n rows of 5 uint64 words")
+        out = np.empty(n, dtype=np.uint64)
+        cdef uint64_t[::1] o = out
+        with nogil:
+            for i in range(n):
+                o[i] = key_hash(keys[i, 0], keys[i, 1], keys[i, 2], keys[i, 3], keys[i, 4],
+                                tuple_reverse_k4(keys[i, 4]), self.t.seed)
+        return out
+
     def lookup_key(self, uint64_t k0, uint64_t k1, uint64_t k2, uint64_t k3, uint64_t k4):
         """(entry index, direction) of the connection with this tuple, either direction, or (-1, 0).
         Expired entries are not found."""
