@@ -261,7 +261,7 @@ cdef class Engine:
         self._old_slots = self._slots
         self.t.oslots = self.t.slots
         self.t.omask = self.t.mask
-        self.t.ocount = self.t.n        # one slot per entry
+        self.t.ocount = self.t.n + self.t.nat_live     # one slot per entry, two per NAT'd one
         self.t.opos = 0
         self._set_slots(new)
         if self.t.ocount == 0:
@@ -292,7 +292,14 @@ cdef class Engine:
             migrate_step(&self.t, budget)
 
     cdef inline bint _needs_grow(self, uint32_t incoming) noexcept nogil:
-        return self.t.n + incoming > self.t.grow_at and self.t.grow_at < self.t.cap
+        # Slots in use: one per entry, two for a NAT'd one; the index stops growing once it can
+        # hold max_conns entries' slots (twice as many once NAT is on) at load 5/8.
+        cdef uint64_t per = 2 if self.t.nat_on else 1
+        return <uint64_t>self.t.n + self.t.nat_live + incoming * per > self.t.grow_at and \
+            self.t.grow_at < self._slot_cap()
+
+    cdef inline uint64_t _slot_cap(self) noexcept nogil:
+        return <uint64_t>self.t.cap * (2 if self.t.nat != NULL else 1)
 
     def prefault(self):
         """Touch all entry memory for max_conns now, so new connections never wait for the kernel
@@ -642,7 +649,7 @@ cdef class Engine:
             cnt = n - base if n - base < SUB else SUB
             if commit and self._needs_grow(<uint32_t>cnt):
                 self._grow()
-            elif self.t.n >= self.t.grow_at // 2 and self.t.grow_at < self.t.cap and \
+            elif self.t.n + self.t.nat_live >= self.t.grow_at // 2 and self.t.grow_at < self._slot_cap() and \
                     self.t.oslots == NULL:
                 # Halfway to the next grow: zero its index 128 bytes per packet (it needs ~51 per
                 # inserted connection to be ready in time).
@@ -976,12 +983,14 @@ cdef class Engine:
                     t.nat[rec].rhash = key_hash(nat.r[0], nat.r[1], nat.r[2], nat.r[3], nat.r[4],
                                                 tuple_reverse_k4(nat.r[4]), t.seed)
                     e.aux = rec
+                    t.nat_live += 1
                     if slot_insert(t, t.nat[rec].rhash, <uint32_t>idx, SLOT_REPLY) < 0:
                         # Not indexed by its reply tuple: the connection is not made after all.
                         e.status &= ~IPS_NAT_MASK
                         e.aux = 0xFFFFFFFF
                         t.nat_free[t.nat_nfree] = rec
                         t.nat_nfree += 1
+                        t.nat_live -= 1
                         entry_remove(t, <uint32_t>idx)
                         _drop(t, o_state, o_entry, o_dir, i, R_CHAIN_TOO_LONG)
                         t.stats[ST_CHAINTOOLONG] += 1

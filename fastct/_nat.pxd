@@ -59,10 +59,12 @@ cdef inline bint _taken_in(ct_table *t, const uint64_t *slots, uint64_t mask, pk
     cdef uint64_t i = tag & mask
     cdef uint64_t s
     cdef uint8_t dir
+    cdef uint64_t n = 0
     while True:
         s = slots[i]
-        if s == 0:
+        if s == 0 or n > mask:
             return False
+        n += 1
         if (s >> 32) == tag and <int32_t>slot_entry(s) != exclude and slot_matches(t, s, q, &dir):
             return True
         i = (i + 1) & mask

@@ -53,7 +53,7 @@ cdef inline int32_t _find_in(ct_table *t, const uint64_t *slots, uint64_t mask, 
     cdef uint32_t n = 1
     while True:
         s = slots[i]
-        if s == 0:
+        if s == 0 or n > mask:          # (an index is never full; the bound is a safety net)
             t.stats[ST_PROBES] += n
             return -1
         if (s >> 32) == tag and slot_matches(t, s, m, &m.dir):
@@ -72,14 +72,15 @@ cdef inline int32_t table_find(ct_table *t, pkt_meta *m) noexcept nogil:
 cdef inline int32_t _candidate_in(const uint64_t *slots, uint64_t mask, uint64_t hash) noexcept nogil:
     cdef uint64_t tag = hash >> 32
     cdef uint64_t i = tag & mask
-    cdef uint64_t s
+    cdef uint64_t s, n = 0
     while True:
         s = slots[i]
-        if s == 0:
+        if s == 0 or n > mask:
             return -1
         if (s >> 32) == tag:
             return <int32_t>slot_entry(s)
         i = (i + 1) & mask
+        n += 1
 
 cdef inline int32_t table_candidate(const ct_table *t, uint64_t hash) noexcept nogil:
     """The entry of the first slot whose tag matches (the likely hit), or -1; reads slots only."""
@@ -171,6 +172,7 @@ cdef inline void nat_release(ct_table *t, uint32_t idx) noexcept nogil:
     slot_delete(t, slot_of(t, t.nat[e.aux].rhash, idx, SLOT_REPLY))
     t.nat_free[t.nat_nfree] = e.aux
     t.nat_nfree += 1
+    t.nat_live -= 1
     e.aux = 0xFFFFFFFF
     e.status &= ~IPS_NAT_MASK
 

@@ -256,7 +256,7 @@ cdef struct ct_table:
     uint64_t opos           # migration cursor in it
     uint32_t n              # entries in use
     uint32_t cap            # max_conns: entries allocated
-    uint32_t grow_at        # n at which the index doubles (load factor 5/8)
+    uint32_t grow_at        # slots in use at which the index doubles (load factor 5/8)
     uint32_t sweep_pos      # incremental expiry sweep cursor
     uint32_t frag_sweep_pos # fragment queue expiry cursor
     uint32_t max_probe      # insert bound: a slot is never placed further than this from its home
@@ -275,6 +275,7 @@ cdef struct ct_table:
     uint32_t *nat_free      # stack of freed side records
     uint32_t nat_nfree      # records on it
     uint32_t nat_top        # records handed out at least once (the rest are untouched)
+    uint32_t nat_live       # entries with a NAT record (each holds a second index slot)
     const nat_rule *rules   # compiled NAT rules: prerouting ones first, then postrouting
     uint32_t n_rules
     uint32_t nat_on         # NAT rules are set: every new connection gets its bindings

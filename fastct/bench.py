@@ -42,7 +42,7 @@ import re
 import resource
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 import numpy as np
@@ -71,6 +71,7 @@ class BenchOptions:
     batch_sizes: tuple[int, ...] = (256,)
     repeats: int = 5
     popularity: tuple[str, ...] = ("uniform",)   # established: "uniform" or "zipf:S"
+    nat: str = "off"                         # established, new: "off" or "dnat" (see NAT_MODES)
 
 
 def make_tracker(opts: BenchOptions, max_conns: int, prefault: bool = False) -> Tracker:
@@ -78,8 +79,29 @@ def make_tracker(opts: BenchOptions, max_conns: int, prefault: bool = False) -> 
     prefault are the scenario's; everything else comes from `opts`.  NAT plugs in here: a `nat`
     field in BenchOptions (set from a `--nat` option in options_from_args) configures the tracker
     below, and every scenario then runs with NAT on or off alike."""
-    tracker = Tracker(max_conns=max_conns, seed=opts.seed, prefault=prefault)
+    nat = None
+    if opts.nat == "dnat":
+        from fastct.nat import NatRule, NatRules
+        nat = NatRules([NatRule(action="dnat", proto="tcp", to_min=_ip_text(NAT_BACKEND[0]),
+                                to_ports=int(NAT_BACKEND[1]))])
+    tracker = Tracker(max_conns=max_conns, seed=opts.seed, prefault=prefault, nat=nat)
     return tracker
+
+
+# NAT on: every TCP connection is DNAT'd to one backend (a load balancer's VIP traffic), so each gets
+# a translated reply tuple, a second index slot and rewritten packets in both directions; the
+# backend answers from its own address and port, as it would behind the gateway.
+NAT_MODES = ("off", "dnat")
+NAT_BACKEND = (0x0AFF0001, 8443)          # 10.255.0.1:8443
+
+
+def _ip_text(value: int) -> str:
+    return ".".join(str((value >> s) & 0xFF) for s in (24, 16, 8, 0))
+
+
+def _reply_side(opts: BenchOptions | None):
+    """Where reply-direction frames come from under this NAT mode (None: the server itself)."""
+    return NAT_BACKEND if opts is not None and opts.nat == "dnat" else None
 
 
 def parse_popularity(text: str) -> float:
@@ -98,13 +120,15 @@ def popularity_label(s: float) -> str:
 
 
 # ---- TCP frames for the established / new / growth / synflood scenarios ------------------------
-def make_frames(client_ip, server_ip, sport, dport, from_client, flags, seq, ack, ts_ns):
-    """Build a Batch of TCP frames from per-packet arrays (all vectorised)."""
+def make_frames(client_ip, server_ip, sport, dport, from_client, flags, seq, ack, ts_ns, reply_from=None):
+    """Build a Batch of TCP frames from per-packet arrays (all vectorised).  `reply_from` (ip, port):
+    the server side of reply-direction frames, when NAT put the server elsewhere."""
     n = len(client_ip)
     frames = np.tile(np.frombuffer(_TEMPLATE, dtype=np.uint8), (n, 1))
-    src = np.where(from_client, client_ip, server_ip).astype(">u4")
+    reply_ip, reply_port = reply_from if reply_from is not None else (server_ip, dport)
+    src = np.where(from_client, client_ip, reply_ip).astype(">u4")
     dst = np.where(from_client, server_ip, client_ip).astype(">u4")
-    sp = np.where(from_client, sport, dport).astype(">u2")
+    sp = np.where(from_client, sport, reply_port).astype(">u2")
     dp = np.where(from_client, dport, sport).astype(">u2")
     frames[:, 26:30] = src.view(np.uint8).reshape(n, 4)
     frames[:, 30:34] = dst.view(np.uint8).reshape(n, 4)
@@ -128,7 +152,7 @@ def conn_endpoints(n_conns, rng):
     return client, server, sport, dport
 
 
-def _handshake_frames(conns, t0):
+def _handshake_frames(conns, t0, reply_from=None):
     c, s, sp, dp = conns
     n_conns = len(c)
     rep = lambda a: np.repeat(a, 3)
@@ -137,7 +161,7 @@ def _handshake_frames(conns, t0):
     seq = np.tile(np.array([1000, 5000, 1001], dtype=np.uint32), n_conns)
     ack = np.tile(np.array([0, 1001, 5001], dtype=np.uint32), n_conns)
     ts = t0 + np.arange(3 * n_conns, dtype=np.int64)
-    return make_frames(rep(c), rep(s), rep(sp), rep(dp), from_client, flags, seq, ack, ts)
+    return make_frames(rep(c), rep(s), rep(sp), rep(dp), from_client, flags, seq, ack, ts, reply_from)
 
 
 def handshake(n_conns, rng, t0):
@@ -146,14 +170,15 @@ def handshake(n_conns, rng, t0):
     return _handshake_frames(conns, t0), conns
 
 
-def open_connections(tracker, n_conns, rng, t0, chunk=CHUNK_CONNS):
+def open_connections(tracker, n_conns, rng, t0, chunk=CHUNK_CONNS, reply_from=None):
     """Open n_conns connections in `tracker` by their handshakes: the frames handshake() would
     build, made and processed `chunk` connections at a time so memory stays bounded.
     Returns (endpoints, the time just after the last handshake packet)."""
     conns = conn_endpoints(n_conns, rng)
     for lo in range(0, n_conns, chunk):
         hi = min(n_conns, lo + chunk)
-        _time_process(tracker, _handshake_frames(tuple(a[lo:hi] for a in conns), t0 + 3 * lo), 4096)
+        _time_process(tracker, _handshake_frames(tuple(a[lo:hi] for a in conns), t0 + 3 * lo, reply_from),
+                      4096)
     return conns, int(t0 + 3 * n_conns)
 
 
@@ -172,7 +197,7 @@ def zipf_ranks(n_items, s, n_samples, rng):
     return np.minimum(ranks, n_items - 1)
 
 
-def established_traffic(conns, n_packets, rng, t0, zipf=None):
+def established_traffic(conns, n_packets, rng, t0, zipf=None, reply_from=None):
     """ACKs of the open connections `conns`, either direction with equal chance.  Which connection
     each packet belongs to: uniform, or bounded Zipf with exponent `zipf` (ranks mapped to
     connections by a random permutation, so the popular ones are spread over the table)."""
@@ -188,7 +213,7 @@ def established_traffic(conns, n_packets, rng, t0, zipf=None):
     ack = np.where(from_client, 5001, 1001).astype(np.uint32)
     flags = np.full(n_packets, 0x10, dtype=np.uint8)
     ts = t0 + np.arange(n_packets, dtype=np.int64)
-    return make_frames(c[pick], s[pick], sp[pick], dp[pick], from_client, flags, seq, ack, ts)
+    return make_frames(c[pick], s[pick], sp[pick], dp[pick], from_client, flags, seq, ack, ts, reply_from)
 
 
 def syn_storm(n_conns, rng, t0=T0):
@@ -578,20 +603,24 @@ def scenario_established(n_conns, opts: BenchOptions):
     t_setup = time.perf_counter()
     rng = np.random.default_rng(opts.seed)
     tracker = make_tracker(opts, max(n_conns, 1024))
-    conns, t_next = open_connections(tracker, n_conns, rng, T0)
+    conns, t_next = open_connections(tracker, n_conns, rng, T0, reply_from=_reply_side(opts))
     setup = time.perf_counter() - t_setup
     pops = [parse_popularity(p) for p in opts.popularity]
     times = {(p, b): [] for p in pops for b in opts.batch_sizes}
     for rep in range(opts.repeats):
         for p in pops:
-            traffic = established_traffic(conns, opts.packets, rng, t_next, p)
+            traffic = established_traffic(conns, opts.packets, rng, t_next, p, _reply_side(opts))
+            # NAT rewrites the frames in place: each pass gets them as they arrived (untimed copy).
+            pristine = traffic.buf.copy() if opts.nat != "off" else None
             for b in _rotated(opts.batch_sizes, rep):
                 n = timed_packets(opts.packets, b)
+                if pristine is not None:
+                    traffic.buf[:] = pristine
                 traffic.ts += t_next - int(traffic.ts[0])
                 times[(p, b)].append(_time_process(tracker, traffic.slice(0, n), b))
                 t_next = int(traffic.ts[n - 1]) + 1
             del traffic
-    out = [(p, b, timed_packets(opts.packets, b), times[(p, b)], {"setup_seconds": setup})
+    out = [(p, b, timed_packets(opts.packets, b), times[(p, b)], {"setup_seconds": setup, "nat": opts.nat})
            for p in pops for b in opts.batch_sizes]
     return out, tracker
 
@@ -600,10 +629,13 @@ def scenario_new(n_conns, opts: BenchOptions):
     """A SYN storm into a fresh prefaulted table per repeat and batch size.  Returns
     [(batch size, packets, times, table bytes)]."""
     batch = syn_storm(n_conns, np.random.default_rng(opts.seed))
+    pristine = batch.buf.copy() if opts.nat != "off" else None      # (NAT rewrites the SYNs)
     times = {b: [] for b in opts.batch_sizes}
     table = {}
     for rep in range(opts.repeats):
         for b in _rotated(opts.batch_sizes, rep):
+            if pristine is not None:
+                batch.buf[:] = pristine
             tracker = None          # the previous table goes before the next is allocated
             # Entry memory is touched before timing (prefault): the storm measures tracking, not the
             # kernel zeroing fresh pages (~250 ns per connection on this kind of machine).
@@ -804,10 +836,20 @@ def add_arguments(p):
                    help="the same as --popularity zipf:S")
     p.add_argument("--seed", type=_single(_seed, "--seed"), default=1, metavar="N",
                    help="seed of the traffic generators and the tracker's hash (default 1)")
+    p.add_argument("--nat", type=_comma_list(_nat_mode, "--nat"), default="off", metavar="LIST",
+                   help="established and new: comma list of off and dnat (every connection DNAT'd "
+                        "to one backend: translated reply tuples, rewritten packets), each measured "
+                        "in the same run (default off)")
     p.add_argument("--json", action="store_true",
                    help="one JSON object per result and line: the text's figures (peak RSS is the "
                         "process's so far) plus scenario, conns, batch_size, packets, repeats, "
                         "seconds_median, seed, version and the scenario's own fields")
+
+
+def _nat_mode(text: str) -> str:
+    if text not in NAT_MODES:
+        raise ValueError(f"NAT mode must be one of {', '.join(NAT_MODES)}, not {text!r}")
+    return text
 
 
 def options_from_args(args) -> BenchOptions:
@@ -827,14 +869,18 @@ def run(args) -> int:
     scenarios = SCENARIOS if "all" in args.scenario else [s for s in SCENARIOS if s in args.scenario]
     emit = (lambda r: print(json.dumps(r), flush=True)) if args.json else (lambda r: print(_text(r), flush=True))
     for n in args.conns:
+        # NAT on and off measured in the same run, so their ratio is what counts.
         if "established" in scenarios:
-            measured, tr = scenario_established(n, opts)
-            for p, b, pk, times, extra in measured:
-                emit(_result("established", n, b, pk, times, tr.memory_bytes(), opts, popularity=p, **extra))
-            del tr
+            for mode in args.nat:
+                measured, tr = scenario_established(n, replace(opts, nat=mode))
+                for p, b, pk, times, extra in measured:
+                    emit(_result("established", n, b, pk, times, tr.memory_bytes(), opts, popularity=p,
+                                 **extra))
+                del tr
         if "new" in scenarios:
-            for b, pk, times, table in scenario_new(n, opts):
-                emit(_result("new", n, b, pk, times, table, opts))
+            for mode in args.nat:
+                for b, pk, times, table in scenario_new(n, replace(opts, nat=mode)):
+                    emit(_result("new", n, b, pk, times, table, opts, nat=mode))
         if "growth" in scenarios:
             for b in opts.batch_sizes:
                 times, tr = scenario_growth(n, b, opts=opts)
@@ -877,7 +923,8 @@ def _result(name, n, batch_size, packets, times, table_bytes, opts, popularity=N
 
 
 def _text(r) -> str:
-    name = r["scenario"] + (f" {r['popularity']}" if r.get("popularity", "uniform") != "uniform" else "")
+    name = r["scenario"] + (f" {r['popularity']}" if r.get("popularity", "uniform") != "uniform" else "") \
+        + (f" nat={r['nat']}" if r.get("nat", "off") != "off" else "")
     line = (f"{name:<12} conns={r['conns']:>9} batch={r['batch_size']:>5}  "
             f"{r['mpps_median']:7.2f} Mpps (min {r['mpps_min']:.2f}, max {r['mpps_max']:.2f})  "
             f"{r['ns_per_packet']:6.1f} ns/pkt  {r['bytes_per_conn']:.0f} B/conn  "

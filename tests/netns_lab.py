@@ -28,6 +28,16 @@ once, in arrival order, never the gateway's own (refragmented) output.
         ...
     packets = read_ingress(path2)                 # [IngressPacket(ts, interface, ip_bytes)]
 
+For NAT, `NetnsLab.egress_capture` records the packets as they leave the gateway (`tcpdump -i any
+-Q out` there: after the postrouting hook, so after NAT), in the same format as `ingress_capture`;
+`add_address` gives a namespace another address of the lab's prefixes and `set_tx_checksum` turns a
+veth's checksum offload off, so that captured packets carry complete transport checksums rather than
+the partial (pseudo-header) sums a CHECKSUM_PARTIAL packet holds.
+
+    with lab.ingress_capture(p_in) as icap, lab.egress_capture(p_out) as ecap:
+        ...
+    before, after = read_ingress(p_in), read_ingress(p_out)
+
 Everything that waits is bounded; packets are only sent between the lab's own addresses.  Needs root,
 iproute2 (`ip netns`), nft, conntrack (conntrack-tools) and tcpdump.
 """
@@ -398,20 +408,69 @@ add rule inet fastct_lab_quiet input {match} drop
             cap.kill()
 
     @contextmanager
-    def ingress_capture(self, path, bpf: str | None = None):
+    def ingress_capture(self, path, bpf: str | None = None, snaplen: int | None = None):
         """Record every IP packet as it arrives at the gateway, before conntrack and its
         defragmentation (`tcpdump -i any -Q in` there: each packet once, in arrival order, never
         the gateway's own output, so never its refragmented copies), into `path` while the block
         runs.  `bpf` (default LAB_UNICAST_BPF: the lab's unicast traffic, neighbour discovery left
         out) selects the packets.  On entry tcpdump is listening; on exit it has written every
-        packet it received (or LabError) and has been stopped."""
-        cap = IngressCapture(self, Path(path), LAB_UNICAST_BPF if bpf is None else bpf)
+        packet it received (or LabError) and has been stopped.  `snaplen` (tcpdump -s; default
+        tcpdump's 262144): libpcap sizes each slot of its capture ring for a whole snapshot, so with
+        the default the 4 MiB ring holds only a handful of packets (10 in a burst test here) and a
+        longer burst is lost (a LabError); a snaplen just above the largest packet (e.g. 2048 for MTU 1500) avoids that."""
+        cap = IngressCapture(self, Path(path), LAB_UNICAST_BPF if bpf is None else bpf, snaplen=snaplen)
         cap.start()
         try:
             yield cap
             cap.stop()
         finally:
             cap.kill()
+
+    @contextmanager
+    def egress_capture(self, path, bpf: str | None = None, snaplen: int | None = None):
+        """Record every IP packet as it leaves the gateway, after its postrouting hook (so after
+        NAT and the TTL decrement of forwarding): `tcpdump -i any -Q out` there, written packet by
+        packet into `path` while the block runs (link type LINUX_SLL2; read it with read_ingress).
+        `bpf` and `snaplen` as for ingress_capture."""
+        cap = IngressCapture(self, Path(path), LAB_UNICAST_BPF if bpf is None else bpf, direction="out",
+                             snaplen=snaplen)
+        cap.start()
+        try:
+            yield cap
+            cap.stop()
+        finally:
+            cap.kill()
+
+    def add_address(self, ns, dev, cidr: str):
+        """Give `dev` in `ns` another address (`ADDR/PREFIX`, inside the lab's prefixes 10.231.0.0/16
+        or fd31::/16, so the captures' filters keep its packets); it counts as the lab's own."""
+        self._check_ns(ns)
+        iface = ipaddress.ip_interface(cidr)
+        if not any(iface.ip in net for net in _LAB_NETS):
+            raise LabError(f"{cidr} is outside the lab's prefixes")
+        self._cmd([self._ip, "-n", ns, "addr", "add", cidr, "dev", dev,
+                   *(["nodad"] if iface.version == 6 else [])])
+        self.addresses.add(iface.ip)
+
+    def set_tx_checksum(self, ns, dev, on: bool):
+        """Turn a device's transmit checksum offload on or off (ethtool -K DEV tx on|off, through
+        the SIOCETHTOOL ioctl, so no ethtool is needed).  Off: the sender's stack writes complete
+        TCP/UDP checksums into the packets instead of leaving a partial sum for the device."""
+        out = self.run_python(ns, f"""
+import ctypes, fcntl, socket, struct
+SIOCETHTOOL, ETHTOOL_GTXCSUM, ETHTOOL_STXCSUM = 0x8946, 0x16, 0x17
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+def call(cmd, data=0):
+    buf = ctypes.create_string_buffer(struct.pack("II", cmd, data), 8)
+    ifr = struct.pack("16sP", {dev!r}.encode(), ctypes.addressof(buf)).ljust(40, bytes(1))
+    fcntl.ioctl(s.fileno(), SIOCETHTOOL, ifr)
+    return struct.unpack("II", buf.raw)[1]
+call(ETHTOOL_STXCSUM, {int(bool(on))})
+print("tx", call(ETHTOOL_GTXCSUM))
+""")
+        if out.split() != ["tx", str(int(bool(on)))]:
+            raise LabError(f"{ns}/{dev}: transmit checksum offload did not turn "
+                           f"{'on' if on else 'off'}: {out}")
 
     def interface_names(self, ns) -> dict[int, str]:
         """{ifindex: name} of a namespace's interfaces."""
@@ -631,15 +690,20 @@ def pcap_records(path) -> int:
 
 
 class IngressCapture:
-    """tcpdump in the gateway on all its interfaces, inbound packets only, written packet by packet.
+    """tcpdump in the gateway on all its interfaces, inbound packets only (direction="out": outbound
+    only, NetnsLab.egress_capture), written packet by packet.
 
     --immediate-mode: libpcap hands each packet over at once (TPACKET_V3 would hold packets in a
     ring block for up to its timeout, and lose the unfinished block on exit); -Q in: no outbound
     packet (the gateway's forwarded, refragmented copies); one socket for every interface, so the
     file's order is the order in which the packets reached the gateway's stack."""
 
-    def __init__(self, lab: NetnsLab, path: Path, bpf: str):
-        self.lab, self.path, self.bpf = lab, path, bpf
+    def __init__(self, lab: NetnsLab, path: Path, bpf: str, direction: str = "in",
+                 snaplen: int | None = None):
+        if direction not in ("in", "out"):
+            raise ValueError(f"direction must be 'in' or 'out', not {direction!r}")
+        self.lab, self.path, self.bpf, self.direction, self.snaplen = lab, path, bpf, direction, snaplen
+        self.what = "ingress tcpdump" if direction == "in" else "egress tcpdump"
         self.proc: Proc | None = None
         self.stderr = ""
         self.interfaces: dict[int, str] = {}
@@ -648,8 +712,9 @@ class IngressCapture:
         if self.path.exists():
             self.path.unlink()
         self.interfaces = self.lab.interface_names(self.lab.gateway)
-        self.proc = _start_tcpdump(self.lab, ["-i", "any", "-Q", "in", "--immediate-mode"], self.path,
-                                   "ingress tcpdump", timeout, bpf=[self.bpf])
+        snap = [] if self.snaplen is None else ["-s", str(self.snaplen)]
+        self.proc = _start_tcpdump(self.lab, ["-i", "any", "-Q", self.direction, "--immediate-mode", *snap],
+                                   self.path, self.what, timeout, bpf=[self.bpf])
 
     def records(self) -> int:
         return pcap_records(self.path)
@@ -687,17 +752,17 @@ class IngressCapture:
             elif now - since >= quiet:
                 return have
             if now > deadline:
-                raise LabError(f"the ingress capture kept growing ({have} records)")
+                raise LabError(f"the {self.what.split()[0]} capture kept growing ({have} records)")
             time.sleep(0.02)
 
     def stop(self, timeout: float = 5.0):
         self.settle()
-        self.stderr = _stop_tcpdump(self.proc, "ingress tcpdump", timeout)
+        self.stderr = _stop_tcpdump(self.proc, self.what, timeout)
         m = re.search(r"(\d+) packets? captured", self.stderr)
         if not m:
-            raise LabError(f"ingress tcpdump printed no packet count: {self.stderr}")
+            raise LabError(f"{self.what} printed no packet count: {self.stderr}")
         if int(m.group(1)) != self.records():
-            raise LabError(f"ingress tcpdump captured {m.group(1)} packets, its file holds {self.records()}")
+            raise LabError(f"{self.what} captured {m.group(1)} packets, its file holds {self.records()}")
 
     def kill(self):
         if self.proc and self.proc.popen.poll() is None:
