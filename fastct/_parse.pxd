@@ -364,6 +364,7 @@ cdef inline void parse_ipv6(const uint8_t *p, uint32_t off, uint32_t cap, uint32
                 if m.frag_off != 0:
                     m.proto = p[pos]
                     m.k[4] = <uint64_t>L3_IPV6 << 48
+                    m.frag_l4off = 0        # (its data is opaque: no transport header in it)
                     m.l4 = p + fragstart
                     m.l4cap = capend - fragstart if capend > fragstart else 0
                     m.l4len = m.frag_len

@@ -185,6 +185,10 @@ def scan_pcapng(const uint8_t[::1] data, Py_ssize_t pos, bint swapped, uint32_t 
                 n += 1
             elif btype == 3:
                 # Simple packet block: interface 0, no timestamp (it gets the previous packet's time).
+                if blen < 16:
+                    status = S_BLOCKLEN
+                    bad = blen
+                    break
                 if if_count < 1:
                     status = S_IFACE
                     bad = 0
