@@ -16,7 +16,7 @@ from fastct._types cimport *
 from fastct._parse cimport parse_frame, tuple_reverse_k4, link_type_handled, icmp_inverse_type
 from fastct._flowkey cimport meta_hash, key_store, entry_hash, key_eq_orig, key_eq_reply
 from fastct._table cimport (table_find, table_candidate, slot_insert, sweep_expired, sweep_all,
-                            reclaim_dead, early_drop, entry_forget, entry_remove, migrate_step,
+                            reclaim_dead, early_drop, entry_forget, entry_unindex, migrate_step,
                             zone_count_add, prefetch_eviction, slot_delete, slot_of, slot_entry,
                             nat_alloc, nat_release, SLOT_REPLY)
 from fastct._flowkey cimport key_hash
@@ -29,6 +29,9 @@ from fastct._dccp cimport dccp_key
 from fastct._frag cimport frag_q, frag_handle, frag_sweep, FRAG_SLOTS, FRAG_L4_SAVE
 
 cnp.import_array()
+
+cdef enum:
+    REMAP_GONE = 0xFFFFFFFF   # _fix_outputs: the entry was evicted
 
 cdef enum:
     SUB = 64                  # packets per stage pass
@@ -200,6 +203,14 @@ cdef class Engine:
     cdef object _rules                # keeps the array t.rules points into
     cdef object _if_addr              # keeps the arrays t.if_addr / t.if_has point into
     cdef object _if_has
+    # Entries a call evicted or moved, so that its earlier outputs can be fixed at its end (see
+    # _fix_outputs): notes of (entry, entry moved into it or -1, packet position).
+    cdef object _ev_raw
+    cdef int64_t *_ev
+    cdef Py_ssize_t _ev_cap
+    cdef Py_ssize_t _ev_n
+    cdef object _remap_raw            # per entry: 0 unchanged, else new index + 1, or GONE
+    cdef uint32_t *_remap
 
     def __cinit__(self, uint32_t max_conns, object seed, uint32_t initial_slots=MIN_SLOTS):
         cdef int i
@@ -214,6 +225,8 @@ cdef class Engine:
         self.t.e = <ct_entry *><size_t>self._entries_raw.ctypes.data
         self.t.cold = <ct_cold *><size_t>self._cold_raw.ctypes.data
         self.t.cap = max_conns
+        self._remap_raw = np.zeros(max_conns, dtype=np.uint32)    # (calloc: untouched pages are free)
+        self._remap = <uint32_t *><size_t>self._remap_raw.ctypes.data
         self._frag_raw = np.zeros(FRAG_SLOTS * sizeof(frag_q), dtype=np.uint8)
         self._fq = <frag_q *><size_t>self._frag_raw.ctypes.data
         self.t.max_probe = MAX_PROBE
@@ -286,6 +299,57 @@ cdef class Engine:
             with nogil:
                 memset(p + self._next_zeroed, 0, step)
             self._next_zeroed += step
+
+    # ---- outputs of a call that evicted or moved entries ----------------------------------------
+    cdef inline void _note(self, int32_t victim, int32_t moved, Py_ssize_t pos) noexcept nogil:
+        cdef int64_t *ev = self._ev + 3 * self._ev_n
+        ev[0] = victim
+        ev[1] = moved
+        ev[2] = pos
+        self._ev_n += 1
+
+    cdef inline void _forget(self, uint32_t idx, Py_ssize_t pos) noexcept nogil:
+        """entry_forget, noting that entry idx is gone and the last entry moved into its place."""
+        cdef uint32_t last = self.t.n - 1
+        self._note(<int32_t>idx, <int32_t>last if last != idx else -1, pos)
+        entry_forget(&self.t, idx)
+
+    cdef inline int32_t _remapped(self, int32_t x) noexcept nogil:
+        cdef uint32_t r = self._remap[x]
+        if r == 0:
+            return x
+        return -1 if r == REMAP_GONE else <int32_t>(r - 1)
+
+    cdef inline void _set_remap(self, int32_t x, int32_t v, int64_t *touched, Py_ssize_t *nt) noexcept nogil:
+        if self._remap[x] == 0:
+            touched[nt[0]] = x
+            nt[0] += 1
+        self._remap[x] = REMAP_GONE if v < 0 else <uint32_t>(v + 1)
+
+    cdef void _fix_outputs(self, int32_t *o, Py_ssize_t n) noexcept nogil:
+        """Make each packet's output entry where its connection is at the end of the call, or -1
+        if a later packet of the call evicted it (a full table makes room; a refused packet's room
+        is given back by moving the last entry into it).  Walks the packets backwards, composing
+        the notes made after each one: O(packets + notes)."""
+        cdef Py_ssize_t j, k = self._ev_n - 1, nt = 0
+        cdef int64_t *touched = self._ev + 3 * self._ev_n      # (room for 2 per note, see process)
+        cdef int64_t *ev
+        cdef int32_t mx
+        j = n - 1
+        while j >= 0:
+            while k >= 0 and self._ev[3 * k + 2] > j:
+                ev = self._ev + 3 * k
+                mx = self._remapped(<int32_t>ev[0])
+                self._set_remap(<int32_t>ev[0], -1, touched, &nt)
+                if ev[1] >= 0:
+                    self._set_remap(<int32_t>ev[1], mx, touched, &nt)
+                k -= 1
+            if o[j] >= 0:
+                o[j] = self._remapped(o[j])
+            j -= 1
+        for j in range(nt):
+            self._remap[touched[j]] = 0
+        self._ev_n = 0
 
     cdef inline void _migrate(self, uint64_t budget) noexcept nogil:
         if self.t.oslots != NULL:
@@ -624,6 +688,13 @@ cdef class Engine:
         if n == 0:
             return 0
         cdef const uint16_t *oif = NULL
+        if 10 * n + 16 > self._ev_cap:
+            # At most two notes (3 words each) per packet (room made, then given back), and two
+            # touched remap slots per note.
+            self._ev_cap = 10 * n + 16
+            self._ev_raw = np.empty(self._ev_cap, dtype=np.int64)
+            self._ev = <int64_t *><size_t>self._ev_raw.ctypes.data
+        self._ev_n = 0
         # Bounds of the packet vector are checked once here, so the loop can trust them.
         with nogil:
             for i in range(n):
@@ -667,15 +738,18 @@ cdef class Engine:
                           oif, &if_linktype[0], &if_fcslen[0], <uint32_t>cnt, n - base,
                           &out_state[base], &out_entry[base], &out_dir[base], &out_held[base],
                           &linktype_skipped[0],
-                          <uint16_t>zone, zone_from_vlan, commit, rewrite)
+                          <uint16_t>zone, zone_from_vlan, commit, rewrite, base)
             base += cnt
+        if self._ev_n:
+            with nogil:
+                self._fix_outputs(&out_entry[0], n)
         return n
 
     cdef void _run(self, const uint8_t *buf, const int64_t *off, const uint32_t *cap, const uint32_t *wire,
                    const int64_t *ts, const uint16_t *iface, const uint16_t *oif, const uint32_t *if_lt,
                    const uint32_t *if_fcs, uint32_t cnt, Py_ssize_t left, uint8_t *o_state, int32_t *o_entry,
                    uint8_t *o_dir, uint8_t *o_held, uint64_t *lt_skipped, uint16_t zone, bint zone_from_vlan,
-                   bint commit, bint rewrite) noexcept nogil:
+                   bint commit, bint rewrite, Py_ssize_t pos0) noexcept nogil:
         cdef ct_table *t = &self.t
         cdef pkt_meta *m
         cdef uint32_t i, j, found = 0
@@ -879,7 +953,7 @@ cdef class Engine:
                         slot_delete(t, slot_of(t, entry_hash(e, t.seed), <uint32_t>idx))
                         key_store(e, m)
                         if slot_insert(t, m.hash, <uint32_t>idx) < 0:
-                            entry_forget(t, <uint32_t>idx)
+                            self._forget(<uint32_t>idx, pos0 + i)
                             _drop(t, o_state, o_entry, o_dir, i, R_CHAIN_TOO_LONG)
                             t.stats[ST_CHAINTOOLONG] += 1
                             t.stats[ST_INSERT_FAILED] += 1
@@ -904,7 +978,8 @@ cdef class Engine:
                 if reused < 0:
                     _drop(t, o_state, o_entry, o_dir, i, R_TABLE_FULL)
                     continue
-                entry_forget(t, <uint32_t>reused)
+                self._note(reused, -1, pos0 + i)
+                self._forget(<uint32_t>reused, pos0 + i)
                 reused = -1
             if reason != R_VALID:
                 o_state[i] = CS_INV | CS_TRK
@@ -931,6 +1006,7 @@ cdef class Engine:
                 if reused < 0:
                     _drop(t, o_state, o_entry, o_dir, i, R_ZONE_LIMIT)
                     continue
+                self._note(reused, -1, pos0 + i)
             if full and reused < 0:
                 # Table full (nf_conntrack_max): early drop or a dead entry makes room, else the
                 # packet is dropped, as the kernel does.  Bounded work: floods stay cheap.
@@ -938,13 +1014,14 @@ cdef class Engine:
                 if reused < 0:
                     _drop(t, o_state, o_entry, o_dir, i, R_TABLE_FULL)
                     continue
+                self._note(reused, -1, pos0 + i)
             if t.nat_on:
                 # NAT bindings (prerouting, then postrouting), before the connection is indexed
                 # so that its own tuples are not in the way of the uniqueness checks.
                 nat_setup(t, m.k, iface[i], oif[i] if oif != NULL else -1, idx, &nat)
                 if nat.reason != R_VALID:
                     if reused >= 0:
-                        entry_forget(t, <uint32_t>reused)
+                        self._forget(<uint32_t>reused, pos0 + i)
                     if idx >= 0:
                         e.expires = m.now
                     _drop(t, o_state, o_entry, o_dir, i, nat.reason)
@@ -961,7 +1038,7 @@ cdef class Engine:
             if idx < 0:
                 if slot_insert(t, m.hash, <uint32_t>(reused if reused >= 0 else t.n)) < 0:
                     if reused >= 0:
-                        entry_forget(t, <uint32_t>reused)   # never leave an unindexed entry behind
+                        self._forget(<uint32_t>reused, pos0 + i)   # never leave an unindexed entry behind
                     _drop(t, o_state, o_entry, o_dir, i, R_CHAIN_TOO_LONG)
                     t.stats[ST_CHAINTOOLONG] += 1
                     t.stats[ST_INSERT_FAILED] += 1
@@ -991,7 +1068,8 @@ cdef class Engine:
                         t.nat_free[t.nat_nfree] = rec
                         t.nat_nfree += 1
                         t.nat_live -= 1
-                        entry_remove(t, <uint32_t>idx)
+                        entry_unindex(t, <uint32_t>idx)
+                        self._forget(<uint32_t>idx, pos0 + i)
                         _drop(t, o_state, o_entry, o_dir, i, R_CHAIN_TOO_LONG)
                         t.stats[ST_CHAINTOOLONG] += 1
                         t.stats[ST_INSERT_FAILED] += 1

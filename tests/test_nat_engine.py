@@ -530,3 +530,34 @@ def test_full_table_with_nat_keeps_invariants():
         run(t, frames, ts=[round_ * 7.0 + i * 0.01 for i in range(64)])
         assert t._engine.check_invariants() == [], round_
     assert len(t) <= 64
+
+
+def test_index_grows_with_reply_slots():
+    # Every connection DNAT'd: two index slots each.  The index must grow for both (it once
+    # filled up at 1024 slots and lookups spun).
+    t = tracker(dnat=["10.0.0.9:8080"])
+    frames = [tcp(f"198.51.{i // 250}.{i % 250 + 1}", GW, 40000, 80, SYN) for i in range(3000)]
+    r, _ = run(t, frames, ts=[i * 1e-3 for i in range(3000)])
+    assert (r.ct_state == TRK | NEW | DNAT).all()
+    assert t._engine.n_slots >= 8192 and t._engine.check_invariants() == []
+
+
+def test_outputs_follow_entries_moved_within_a_batch():
+    # A full table: a refused packet still makes room (the kernel allocates first), and giving the
+    # room back moves the last entry.  Every output entry must still name its packet's connection.
+    for sport in range(1, 400):
+        t = Tracker(max_conns=3, seed=1)
+        frames = [udp(f"10.0.0.{i}", SRV, 5000, 53) for i in (1, 2, 3)] + \
+            [tcp("10.9.9.9", SRV, sport, 80, SYN | 0x01)]        # SYN+FIN: refused
+        b = batch(frames)
+        r = t.process(b)
+        if t.stats()["early_drop"] and r.entry[0] == -1:
+            break       # the first connection was evicted, and the last moved into its place
+    else:
+        pytest.fail("no early drop happened (precondition)")
+    ents = t.entries()
+    assert len(ents) == 2 and r.ct_state[3] == TRK | INV
+    assert r.entry.tolist() == [-1, 1, 0, -1]
+    for i in range(3):
+        if r.entry[i] >= 0:
+            assert bytes(ents[r.entry[i]]["src"][:4]) == ip4(f"10.0.0.{i + 1}")
