@@ -14,11 +14,11 @@ cimport numpy as cnp
 
 from fastct._types cimport *
 from fastct._parse cimport parse_frame, tuple_reverse_k4, link_type_handled, icmp_inverse_type
-from fastct._flowkey cimport meta_hash, key_store, entry_hash, key_eq_orig, key_eq_reply
+from fastct._flowkey cimport meta_hash, key_store, entry_hash, key_eq_orig, key_eq_reply, key_eq_tuple
 from fastct._table cimport (table_find, table_candidate, slot_insert, sweep_expired, sweep_all,
                             reclaim_dead, early_drop, entry_forget, entry_unindex, migrate_step,
                             zone_count_add, prefetch_eviction, slot_delete, slot_of, slot_entry,
-                            nat_alloc, nat_release, SLOT_REPLY)
+                            nat_release, SLOT_REPLY, SLOT_ENTRY)
 from fastct._flowkey cimport key_hash
 from fastct._nat cimport nat_choice, nat_setup, notrack_match
 from fastct._rewrite cimport nat_rewrite, nat_state_bits
@@ -168,8 +168,8 @@ cdef inline void _outer_key(const pkt_meta *m, uint64_t *k) noexcept nogil:
         k[2] = fastct_load64(l3 + 24); k[3] = fastct_load64(l3 + 32)
         k[4] = (m.k[4] & 0x00FFFFFF00000000ULL) | (<uint64_t>IP_PROTO_ICMP6 << 56)
 
-cdef inline void _rewrite(ct_table *t, const ct_entry *e, const pkt_meta *m, uint8_t dir) noexcept nogil:
-    if nat_rewrite(t, e, m, dir):
+cdef inline void _rewrite(ct_table *t, uint32_t idx, const pkt_meta *m, uint8_t dir) noexcept nogil:
+    if nat_rewrite(t, idx, m, dir):
         t.stats[ST_NAT_REWRITTEN] += 1
     else:
         t.stats[ST_NAT_NOT_REWRITTEN] += 1
@@ -199,7 +199,6 @@ cdef class Engine:
     cdef object _zone_map             # keeps the arrays t.zone_policy / t.policies point into
     cdef object _policies
     cdef object _nat_raw              # NAT side records (allocated with the first rules)
-    cdef object _nat_free_raw
     cdef object _rules                # keeps the array t.rules points into
     cdef object _if_addr              # keeps the arrays t.if_addr / t.if_has point into
     cdef object _if_has
@@ -443,9 +442,7 @@ cdef class Engine:
             # One record per possible entry, so allocation never fails; pages nobody uses cost
             # nothing (see _aligned_empty).
             self._nat_raw = _aligned_empty(<Py_ssize_t>self.t.cap * sizeof(ct_nat), 64)
-            self._nat_free_raw = _aligned_empty(<Py_ssize_t>self.t.cap * 4, 64)
             self.t.nat = <ct_nat *><size_t>self._nat_raw.ctypes.data
-            self.t.nat_free = <uint32_t *><size_t>self._nat_free_raw.ctypes.data
         self._rules = rules
         self.t.rules = <const nat_rule *><size_t>rules.ctypes.data
         self.t.n_rules = <uint32_t>len(rules)
@@ -467,12 +464,12 @@ cdef class Engine:
         self.t.n_if_addr = <uint32_t>addr.shape[0]
 
     def nat_view(self):
-        """The NAT side records (NAT_DTYPE: the reply tuple `r` in the entry key layout); an entry
-        with SRC_NAT or DST_NAT status holds the number of its record in `aux`.  None before any
-        NAT rules were set."""
+        """The NAT side records parallel to entries_view() (NAT_DTYPE: the reply tuple `r` in the
+        entry key layout), meaningful for entries with SRC_NAT or DST_NAT status.  None before any
+        NAT rules were set.  Zero-copy, valid until the next mutating call."""
         if self._nat_raw is None:
             return None
-        return self._nat_raw[:self.t.nat_top * sizeof(ct_nat)].view(NAT_DTYPE)
+        return self._nat_raw[:self.t.n * sizeof(ct_nat)].view(NAT_DTYPE)
 
     def zone_counts(self):
         """Entries per zone (dead ones not yet swept included), or None without zone limits."""
@@ -539,7 +536,7 @@ cdef class Engine:
         """Bytes the table can occupy: entries and cold data for max_conns, plus the index now."""
         return (self.t.cap * (sizeof(ct_entry) + sizeof(ct_cold))) + (self.t.mask + 1) * 8 + \
             ((self.t.omask + 1) * 8 if self.t.oslots != NULL else 0) + \
-            (self.t.cap * (sizeof(ct_nat) + 4) if self._nat_raw is not None else 0)
+            self.t.cap * 4 + (self.t.cap * sizeof(ct_nat) if self._nat_raw is not None else 0)
 
     def check_invariants(self):
         """Problems with the table's structure (an empty list when it is sound): every entry
@@ -571,7 +568,7 @@ cdef class Engine:
                     if not (self.t.e[idx].status & IPS_NAT_MASK):
                         problems.append(f"slot {i}: a reply slot for entry {idx}, which has no NAT")
                         continue
-                    rtag = self.t.nat[self.t.e[idx].aux].rhash >> 32
+                    rtag = self.t.nat[idx].rhash >> 32
                 else:
                     seen[idx] += 1
                     rtag = entry_hash(&self.t.e[idx], self.t.seed) >> 32
@@ -595,13 +592,10 @@ cdef class Engine:
                 problems.append(f"entry {idx} has {seen_reply[idx]} reply slots")
                 continue
             if e.status & IPS_NAT_MASK:
-                if e.aux >= self.t.nat_top:
-                    problems.append(f"entry {idx}: NAT record {e.aux} was never handed out")
-                    continue
-                memcpy(m.k, self.t.nat[e.aux].r, 40)
+                memcpy(m.k, self.t.nat[idx].r, 40)
                 m.rk4 = tuple_reverse_k4(m.k[4])
                 m.hash = meta_hash(&m, self.t.seed)
-                if m.hash != self.t.nat[e.aux].rhash:
+                if m.hash != self.t.nat[idx].rhash:
                     problems.append(f"entry {idx}: NAT record's hash is stale")
                 found = table_find(&self.t, &m)
                 if found != <int32_t>idx or m.dir != 1:
@@ -767,7 +761,7 @@ cdef class Engine:
         cdef uint64_t okey[5]
         cdef bint untracked
         cdef nat_choice nat
-        cdef uint32_t rec
+        cdef uint32_t low
         # Stage 1: parse, key, hash.  Headers are prefetched HDR_PREFETCH packets ahead.
         for i in range(cnt):
             if i + HDR_PREFETCH < left:
@@ -825,13 +819,17 @@ cdef class Engine:
         for i in range(cnt):
             m = &self._meta[i]
             if m.kind == PK_TRACK:
-                cand = table_candidate(t, m.hash)
+                low = table_candidate(t, m.hash)
+                cand = <int32_t>(low & SLOT_ENTRY) - 1
                 m.idx = cand
+                m.cand_reply = (low & SLOT_REPLY) != 0
                 if cand >= 0:
                     FASTCT_PREFETCH_W(&t.e[cand])
                     FASTCT_PREFETCH_W(<char *>&t.e[cand] + 64)
                     if m.proto == IP_PROTO_TCP:
                         FASTCT_PREFETCH_W(&t.cold[cand])
+                    if t.nat_live:
+                        FASTCT_PREFETCH_R(&t.nat[cand])     # (a packet of a NAT'd connection needs it)
                 elif t.n >= t.cap:
                     # A new connection into a full table: early drop reads the entries indexed
                     # from its home slot on (a flood's cost is these misses).
@@ -869,7 +867,14 @@ cdef class Engine:
             # entry of entries[0:n] holding this tuple is its connection (tuples are unique there),
             # so a candidate that moved or was replaced meanwhile just falls back to the probe.
             idx = m.idx
-            if idx >= 0 and <uint32_t>idx < t.n and key_eq_orig(&t.e[idx], m):
+            if m.cand_reply:
+                # The candidate is a NAT'd connection's reply tuple.
+                if <uint32_t>idx < t.n and (t.e[idx].status & IPS_NAT_MASK) and \
+                        key_eq_tuple(t.nat[idx].r, m):
+                    m.dir = DIR_REPLY
+                else:
+                    idx = table_find(t, m)
+            elif idx >= 0 and <uint32_t>idx < t.n and key_eq_orig(&t.e[idx], m):
                 m.dir = DIR_ORIGINAL
             elif idx >= 0 and <uint32_t>idx < t.n and key_eq_reply(&t.e[idx], m) and \
                     not (t.e[idx].status & IPS_NAT_MASK):
@@ -893,7 +898,7 @@ cdef class Engine:
                     if t.e[idx].status & IPS_NAT_MASK:
                         o_state[i] |= nat_state_bits(&t.e[idx], m.dir)
                         if rewrite:
-                            _rewrite(t, &t.e[idx], m, m.dir)
+                            _rewrite(t, <uint32_t>idx, m, m.dir)
                 else:
                     o_state[i] = CS_INV | CS_TRK
                     o_entry[i] = -1
@@ -921,7 +926,7 @@ cdef class Engine:
                     if e.status & IPS_NAT_MASK:
                         st |= nat_state_bits(e, m.dir)
                         if rewrite:
-                            _rewrite(t, e, m, m.dir)
+                            _rewrite(t, <uint32_t>idx, m, m.dir)
                     o_state[i] = st
                     o_entry[i] = idx
                     o_dir[i] = m.dir
@@ -1055,18 +1060,13 @@ cdef class Engine:
             if t.nat_on:
                 e.status |= nat.status
                 if nat.status & IPS_NAT_MASK:
-                    rec = nat_alloc(t)
-                    memcpy(t.nat[rec].r, nat.r, 40)
-                    t.nat[rec].rhash = key_hash(nat.r[0], nat.r[1], nat.r[2], nat.r[3], nat.r[4],
+                    memcpy(t.nat[idx].r, nat.r, 40)
+                    t.nat[idx].rhash = key_hash(nat.r[0], nat.r[1], nat.r[2], nat.r[3], nat.r[4],
                                                 tuple_reverse_k4(nat.r[4]), t.seed)
-                    e.aux = rec
                     t.nat_live += 1
-                    if slot_insert(t, t.nat[rec].rhash, <uint32_t>idx, SLOT_REPLY) < 0:
+                    if slot_insert(t, t.nat[idx].rhash, <uint32_t>idx, SLOT_REPLY) < 0:
                         # Not indexed by its reply tuple: the connection is not made after all.
                         e.status &= ~IPS_NAT_MASK
-                        e.aux = 0xFFFFFFFF
-                        t.nat_free[t.nat_nfree] = rec
-                        t.nat_nfree += 1
                         t.nat_live -= 1
                         entry_unindex(t, <uint32_t>idx)
                         self._forget(<uint32_t>idx, pos0 + i)
@@ -1099,7 +1099,7 @@ cdef class Engine:
             if e.status & IPS_NAT_MASK:
                 st |= nat_state_bits(e, DIR_ORIGINAL)
                 if rewrite:
-                    _rewrite(t, e, m, DIR_ORIGINAL)
+                    _rewrite(t, <uint32_t>idx, m, DIR_ORIGINAL)
             o_state[i] = st
             o_entry[i] = idx
             o_dir[i] = 0

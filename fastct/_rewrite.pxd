@@ -46,16 +46,16 @@ cdef inline uint64_t csum_update(uint8_t *field, uint64_t acc) noexcept nogil:
         s = (s & 0xFFFF) + (s >> 16)
     return _replace16(field, <uint16_t>(~s & 0xFFFF))
 
-cdef inline void nat_tuples(const ct_table *t, const ct_entry *e, uint8_t dir, uint64_t *tin,
+cdef inline void nat_tuples(const ct_table *t, uint32_t idx, uint8_t dir, uint64_t *tin,
                             uint64_t *tout) noexcept nogil:
-    """The tuple a packet of direction `dir` arrives with and the one it leaves with."""
+    """The tuple a packet of entry idx's direction `dir` arrives with and the one it leaves with."""
     cdef uint64_t o[5]
-    memcpy(o, <const void *>e, 40)
+    memcpy(o, <const void *>&t.e[idx], 40)
     if dir == DIR_ORIGINAL:
         memcpy(tin, o, 40)
-        tuple_reverse(t.nat[e.aux].r, tout)
+        tuple_reverse(t.nat[idx].r, tout)
     else:
-        memcpy(tin, t.nat[e.aux].r, 40)
+        memcpy(tin, t.nat[idx].r, 40)
         tuple_reverse(o, tout)
 
 cdef inline uint8_t nat_state_bits(const ct_entry *e, uint8_t dir) noexcept nogil:
@@ -151,10 +151,11 @@ cdef inline bint _transport(const ct_table *t, uint8_t *l4, uint32_t cap, uint32
     covering[0] += d
     return ok
 
-cdef inline bint nat_rewrite(const ct_table *t, const ct_entry *e, const pkt_meta *m,
+cdef inline bint nat_rewrite(const ct_table *t, uint32_t idx, const pkt_meta *m,
                              uint8_t dir) noexcept nogil:
-    """Rewrite the packet (found in direction `dir` of NAT'd entry e) in place.  False when it
+    """Rewrite the packet (found in direction `dir` of NAT'd entry idx) in place.  False when it
     could not be rewritten whole (the caller counts it)."""
+    cdef const ct_entry *e = &t.e[idx]
     cdef uint64_t tin[5]
     cdef uint64_t tout[5]
     cdef uint64_t acc, covering = 0
@@ -164,7 +165,7 @@ cdef inline bint nat_rewrite(const ct_table *t, const ct_entry *e, const pkt_met
     cdef uint16_t sport, dport
     if l3 == NULL or m.l4 == NULL:
         return False                    # a datagram reassembled from fragments already sent
-    nat_tuples(t, e, dir, tin, tout)
+    nat_tuples(t, idx, dir, tin, tout)
     if m.pflags & PF_RELATED:
         return _icmp_error(t, m, tin, tout, v4)
     set_src = tin[0] != tout[0] or tin[1] != tout[1]

@@ -34,7 +34,7 @@ cdef inline bint slot_matches(ct_table *t, uint64_t s, const pkt_meta *m, uint8_
     it, its reverse (the reply tuple); a SLOT_REPLY slot for the stored reply tuple only."""
     cdef ct_entry *e = &t.e[slot_entry(s)]
     if s & SLOT_REPLY:
-        if key_eq_tuple(t.nat[e.aux].r, m):
+        if key_eq_tuple(t.nat[slot_entry(s)].r, m):
             dir[0] = DIR_REPLY
             return True
         return False
@@ -69,23 +69,24 @@ cdef inline int32_t table_find(ct_table *t, pkt_meta *m) noexcept nogil:
         idx = _find_in(t, t.oslots, t.omask, m)
     return idx
 
-cdef inline int32_t _candidate_in(const uint64_t *slots, uint64_t mask, uint64_t hash) noexcept nogil:
+cdef inline uint32_t _candidate_in(const uint64_t *slots, uint64_t mask, uint64_t hash) noexcept nogil:
     cdef uint64_t tag = hash >> 32
     cdef uint64_t i = tag & mask
     cdef uint64_t s, n = 0
     while True:
         s = slots[i]
         if s == 0 or n > mask:
-            return -1
+            return 0
         if (s >> 32) == tag:
-            return <int32_t>slot_entry(s)
+            return <uint32_t>s
         i = (i + 1) & mask
         n += 1
 
-cdef inline int32_t table_candidate(const ct_table *t, uint64_t hash) noexcept nogil:
-    """The entry of the first slot whose tag matches (the likely hit), or -1; reads slots only."""
-    cdef int32_t c = _candidate_in(t.slots, t.mask, hash)
-    if c < 0 and t.oslots != NULL:
+cdef inline uint32_t table_candidate(const ct_table *t, uint64_t hash) noexcept nogil:
+    """The entry part of the first slot whose tag matches (the likely hit: SLOT_REPLY and entry
+    number + 1), or 0; reads slots only."""
+    cdef uint32_t c = _candidate_in(t.slots, t.mask, hash)
+    if c == 0 and t.oslots != NULL:
         c = _candidate_in(t.oslots, t.omask, hash)
     return c
 
@@ -155,25 +156,14 @@ cdef inline void zone_count_add(ct_table *t, uint16_t zone, int delta) noexcept 
     if t.zone_count != NULL:
         t.zone_count[zone] += <uint32_t>delta
 
-cdef inline uint32_t nat_alloc(ct_table *t) noexcept nogil:
-    """A free NAT side record (there is one for every entry, so this cannot fail)."""
-    if t.nat_nfree > 0:
-        t.nat_nfree -= 1
-        return t.nat_free[t.nat_nfree]
-    t.nat_top += 1
-    return t.nat_top - 1
-
 cdef inline void nat_release(ct_table *t, uint32_t idx) noexcept nogil:
-    """Forget entry idx's NAT: its reply-tuple slot, its side record and its SRC_NAT/DST_NAT bits
-    (the _DONE bits stay: they say the bindings were made).  Nothing to do for other entries."""
+    """Forget entry idx's NAT: its reply-tuple slot and its SRC_NAT/DST_NAT bits (the _DONE bits
+    stay: they say the bindings were made).  Nothing to do for other entries."""
     cdef ct_entry *e = &t.e[idx]
     if not (e.status & IPS_NAT_MASK):
         return
-    slot_delete(t, slot_of(t, t.nat[e.aux].rhash, idx, SLOT_REPLY))
-    t.nat_free[t.nat_nfree] = e.aux
-    t.nat_nfree += 1
+    slot_delete(t, slot_of(t, t.nat[idx].rhash, idx, SLOT_REPLY))
     t.nat_live -= 1
-    e.aux = 0xFFFFFFFF
     e.status &= ~IPS_NAT_MASK
 
 cdef inline void entry_unindex(ct_table *t, uint32_t idx) noexcept nogil:
@@ -193,7 +183,8 @@ cdef inline void entry_forget(ct_table *t, uint32_t idx) noexcept nogil:
         l = &t.e[last]
         _repoint(t, slot_of(t, entry_hash(l, t.seed), last), idx)
         if l.status & IPS_NAT_MASK:
-            _repoint(t, slot_of(t, t.nat[l.aux].rhash, last, SLOT_REPLY), idx)
+            _repoint(t, slot_of(t, t.nat[last].rhash, last, SLOT_REPLY), idx)
+            memcpy(&t.nat[idx], &t.nat[last], sizeof(ct_nat))
         memcpy(&t.e[idx], l, sizeof(ct_entry))
         memcpy(&t.cold[idx], &t.cold[last], sizeof(ct_cold))
     t.n = last

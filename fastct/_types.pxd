@@ -189,6 +189,7 @@ cdef struct pkt_meta:
     uint16_t linktype       # the frame's link type (for the skipped-link-type counter)
     uint8_t pflags          # PF_* bits below
     uint8_t hoplimit        # IPv6 hop limit (redirects must carry 255)
+    uint8_t cand_reply      # stage 2's candidate came from a NAT reply-tuple slot
     const uint8_t *l3       # the IP header in the batch buffer (valid during the batch)
     const uint8_t *l4       # the transport header in the batch buffer (valid during the batch)
     const int64_t *to       # the timeouts for this packet's zone (ct_table.timeouts or a policy)
@@ -230,11 +231,14 @@ cdef struct nat_rule:
     uint8_t flags           # 90  NAT_F_* bits; hash-based port choice when neither random flag
     uint8_t _pad[5]         # 91  (to 96 bytes)
 
-# The NAT side record of a connection whose reply tuple NAT changed (ct_entry.aux indexes it; only
-# then is the reply tuple stored, and only then does the connection have a second index slot).
+# The NAT side record of a connection whose reply tuple NAT changed, in an array parallel to the
+# entries (allocated with the first NAT rules; pages of connections without NAT are never touched).
+# Only such a connection has a stored reply tuple and a second index slot.  One cache line each, so
+# the batch loop prefetches it with the entry.
 cdef struct ct_nat:
     uint64_t r[5]           # 0  the reply tuple, in ct_entry's key layout (r[4] is its key word)
     uint64_t rhash          # 40 its keyed hash: where its index slot lives
+    uint64_t _reserved[2]   # 48 (to 64 bytes)
 
 # pkt_meta.pflags
 cdef enum:
@@ -271,11 +275,8 @@ cdef struct ct_table:
     const int64_t *policies      # timeout policies, TO_N values each (ns)
     uint32_t *zone_count    # per zone: entries in entries[0:n] (NULL while no zone limit is set)
     const uint32_t *zone_limit   # per zone: most entries allowed, 0 no limit (NULL: no limits)
-    ct_nat *nat             # NAT side records (NULL until NAT rules are set)
-    uint32_t *nat_free      # stack of freed side records
-    uint32_t nat_nfree      # records on it
-    uint32_t nat_top        # records handed out at least once (the rest are untouched)
-    uint32_t nat_live       # entries with a NAT record (each holds a second index slot)
+    ct_nat *nat             # NAT side records parallel to e (NULL until NAT rules are set)
+    uint32_t nat_live       # entries with SRC_NAT/DST_NAT (each holds a second index slot)
     const nat_rule *rules   # compiled NAT rules: prerouting ones first, then postrouting
     uint32_t n_rules
     uint32_t nat_on         # NAT rules are set: every new connection gets its bindings

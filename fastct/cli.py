@@ -186,7 +186,7 @@ def cmd_track(args) -> int:
         writer.close()
     stats = tracker.stats()
     entries = tracker.entries()
-    replies = tracker.replies(entries)
+    replies = tracker.replies()
     start = tracker.cold()["start"]
     keep = np.ones(len(entries), dtype=bool)
     for kind, value in (("src", args.src_nat), ("dst", args.dst_nat)):

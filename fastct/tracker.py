@@ -445,12 +445,11 @@ class Tracker:
             mask &= has_ports & ((view["sport"] == port) | (view["dport"] == port))
         return view[mask]
 
-    def replies(self, entries: np.ndarray | None = None) -> np.ndarray:
-        """The reply tuple of each entry (TUPLE_DTYPE, parallel to `entries`, default all live
-        entries): the original tuple reversed, or for a connection NAT changed, the translated
-        tuple stored with it (what `conntrack -L` prints second)."""
-        if entries is None:
-            entries = self.entries()
+    def replies(self) -> np.ndarray:
+        """The reply tuple of each live entry (TUPLE_DTYPE, parallel to entries()): the original
+        tuple reversed, or for a connection NAT changed, the translated tuple stored with it (what
+        `conntrack -L` prints second)."""
+        entries = self.entries()
         out = np.zeros(len(entries), dtype=TUPLE_DTYPE)
         out["src"], out["dst"] = entries["dst"], entries["src"]
         out["zone"], out["l3"], out["proto"] = entries["zone"], entries["l3"], entries["proto"]
@@ -464,7 +463,7 @@ class Tracker:
         records = self._engine.nat_view()
         if nat.any() and records is not None:
             raw = np.ascontiguousarray(records.view(np.uint8).reshape(len(records), -1)[:, :40])
-            out[nat] = raw.view(TUPLE_DTYPE).reshape(-1)[entries["aux"][nat]]
+            out[nat] = raw.view(TUPLE_DTYPE).reshape(-1)[nat]
         return out
 
     def _port_protocols(self) -> set[int]:
