@@ -18,7 +18,7 @@ from fastct._flowkey cimport meta_hash, key_store, entry_hash, key_eq_orig, key_
 from fastct._table cimport (table_find, table_candidate, slot_insert, sweep_expired, sweep_all,
                             reclaim_dead, early_drop, entry_forget, entry_unindex, migrate_step,
                             zone_count_add, prefetch_eviction, slot_delete, slot_of, slot_entry,
-                            nat_release, SLOT_REPLY, SLOT_ENTRY)
+                            nat_release, SLOT_REPLY, SLOT_BYSRC, SLOT_ENTRY, bysrc_hash)
 from fastct._flowkey cimport key_hash
 from fastct._nat cimport nat_choice, nat_setup, notrack_match
 from fastct._rewrite cimport nat_rewrite, nat_state_bits
@@ -47,7 +47,7 @@ cdef nat_rule _nat_rule_proto
 NAT_RULE_DTYPE = np.asarray(<nat_rule[:1]>(&_nat_rule_proto)).dtype
 cdef ct_nat _nat_proto
 NAT_DTYPE = np.asarray(<ct_nat[:1]>(&_nat_proto)).dtype
-MAX_CONNS_LIMIT = 0x7FFFFFFE          # entry numbers + 1 must fit the index slot's 31 bits
+MAX_CONNS_LIMIT = 0x3FFFFFFE          # entry numbers + 1 must fit the index slot's 30 bits
 ENTRY_SIZE = sizeof(ct_entry)
 COLD_SIZE = sizeof(ct_cold)
 
@@ -153,6 +153,24 @@ cdef inline void _drop(ct_table *t, uint8_t *o_state, int32_t *o_entry, uint8_t 
     o_dir[i] = 0
     t.stats[ST_DROP] += 1
     t.reasons[reason] += 1
+
+cdef inline bint _index_nat(ct_table *t, uint32_t idx) noexcept nogil:
+    """The NAT slots of new connection idx (its status says which): its reply tuple's and, for
+    source NAT, its source's.  All or none: False (nothing indexed, NAT bits cleared) when a chain
+    is too long."""
+    cdef ct_entry *e = &t.e[idx]
+    if slot_insert(t, t.nat[idx].rhash, idx, SLOT_REPLY) < 0:
+        e.status &= ~IPS_NAT_MASK
+        return False
+    t.nat_live += 1
+    if e.status & IPS_SRC_NAT:
+        if slot_insert(t, bysrc_hash(<const uint64_t *>e, t.seed), idx, SLOT_BYSRC) < 0:
+            slot_delete(t, slot_of(t, t.nat[idx].rhash, idx, SLOT_REPLY))
+            t.nat_live -= 1
+            e.status &= ~IPS_NAT_MASK
+            return False
+        t.nat_live += 1
+    return True
 
 cdef inline void _outer_key(const pkt_meta *m, uint64_t *k) noexcept nogil:
     """The tuple of an ICMP error's outer header (addresses, ICMP, zone): what a notrack rule,
@@ -273,7 +291,7 @@ cdef class Engine:
         self._old_slots = self._slots
         self.t.oslots = self.t.slots
         self.t.omask = self.t.mask
-        self.t.ocount = self.t.n + self.t.nat_live     # one slot per entry, two per NAT'd one
+        self.t.ocount = self.t.n + self.t.nat_live     # one slot per entry, and NAT's
         self.t.opos = 0
         self._set_slots(new)
         if self.t.ocount == 0:
@@ -355,14 +373,15 @@ cdef class Engine:
             migrate_step(&self.t, budget)
 
     cdef inline bint _needs_grow(self, uint32_t incoming) noexcept nogil:
-        # Slots in use: one per entry, two for a NAT'd one; the index stops growing once it can
-        # hold max_conns entries' slots (twice as many once NAT is on) at load 5/8.
-        cdef uint64_t per = 2 if self.t.nat_on else 1
+        # Slots in use: one per entry, up to three for a NAT'd one (reply tuple, source); the index
+        # stops growing once it can hold max_conns entries' slots (three times as many once NAT is
+        # on) at load 5/8.
+        cdef uint64_t per = 3 if self.t.nat_on else 1
         return <uint64_t>self.t.n + self.t.nat_live + incoming * per > self.t.grow_at and \
             self.t.grow_at < self._slot_cap()
 
     cdef inline uint64_t _slot_cap(self) noexcept nogil:
-        return <uint64_t>self.t.cap * (2 if self.t.nat != NULL else 1)
+        return <uint64_t>self.t.cap * (3 if self.t.nat != NULL else 1)
 
     def prefault(self):
         """Touch all entry memory for max_conns now, so new connections never wait for the kernel
@@ -551,6 +570,7 @@ cdef class Engine:
         cdef uint64_t rtag
         seen = np.zeros(self.t.n, dtype=np.uint8)
         seen_reply = np.zeros(self.t.n, dtype=np.uint8)
+        seen_bysrc = np.zeros(self.t.n, dtype=np.uint8)
         arrays = [(self._slots, self.t.mask)]
         if self.t.oslots != NULL:
             arrays.append((self._old_slots, self.t.omask))
@@ -563,7 +583,13 @@ cdef class Engine:
                 if idx >= self.t.n:
                     problems.append(f"slot {i} points to entry {idx} >= n={self.t.n}")
                     continue
-                if s & SLOT_REPLY:
+                if s & SLOT_BYSRC:
+                    seen_bysrc[idx] += 1
+                    if not (self.t.e[idx].status & IPS_SRC_NAT):
+                        problems.append(f"slot {i}: a source slot for entry {idx}, which has no source NAT")
+                        continue
+                    rtag = bysrc_hash(<const uint64_t *>&self.t.e[idx], self.t.seed) >> 32
+                elif s & SLOT_REPLY:
                     seen_reply[idx] += 1
                     if not (self.t.e[idx].status & IPS_NAT_MASK):
                         problems.append(f"slot {i}: a reply slot for entry {idx}, which has no NAT")
@@ -590,6 +616,9 @@ cdef class Engine:
             e = &self.t.e[idx]
             if seen_reply[idx] != (1 if e.status & IPS_NAT_MASK else 0):
                 problems.append(f"entry {idx} has {seen_reply[idx]} reply slots")
+                continue
+            if seen_bysrc[idx] != (1 if e.status & IPS_SRC_NAT else 0):
+                problems.append(f"entry {idx} has {seen_bysrc[idx]} source slots")
                 continue
             if e.status & IPS_NAT_MASK:
                 memcpy(m.k, self.t.nat[idx].r, 40)
@@ -1063,11 +1092,9 @@ cdef class Engine:
                     memcpy(t.nat[idx].r, nat.r, 40)
                     t.nat[idx].rhash = key_hash(nat.r[0], nat.r[1], nat.r[2], nat.r[3], nat.r[4],
                                                 tuple_reverse_k4(nat.r[4]), t.seed)
-                    t.nat_live += 1
-                    if slot_insert(t, t.nat[idx].rhash, <uint32_t>idx, SLOT_REPLY) < 0:
-                        # Not indexed by its reply tuple: the connection is not made after all.
-                        e.status &= ~IPS_NAT_MASK
-                        t.nat_live -= 1
+                    if not _index_nat(t, <uint32_t>idx):
+                        # Its reply tuple (or source) could not be indexed: the connection is not
+                        # made after all.
                         entry_unindex(t, <uint32_t>idx)
                         self._forget(<uint32_t>idx, pos0 + i)
                         _drop(t, o_state, o_entry, o_dir, i, R_CHAIN_TOO_LONG)

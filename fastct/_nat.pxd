@@ -18,15 +18,15 @@ Differences from the kernel, and why:
 - the address of a range is picked with fastct's keyed hash, not the kernel's jhash, so a client
   keeps its address (persistent) for a given seed, but not the kernel's exact choice;
 - an expired connection not yet swept still holds its tuples (the kernel collects it on the spot);
-- the kernel's "same source already mapped" reuse (find_appropriate_src) is not done: a second
-  connection from one source gets its own binding by the rules above.
+- a port held by a closing (TIME_WAIT) source-NAT'd connection is not taken over when a range is
+  nearly exhausted (the kernel's nf_nat_used_tuple_harder).
 """
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t
 from libc.string cimport memcmp, memcpy
 from fastct._types cimport *
 from fastct._parse cimport tuple_reverse_k4
 from fastct._flowkey cimport key_hash
-from fastct._table cimport slot_matches, slot_entry
+from fastct._table cimport slot_matches, slot_entry, bysrc_hash, SLOT_BYSRC
 
 cdef enum:
     MANIP_SRC = 0
@@ -270,15 +270,65 @@ cdef inline bint _unique_port(ct_table *t, uint64_t *k, uint8_t manip, const nat
         attempts //= 2
         rounds += 1
 
+cdef inline bint _bysrc_in(ct_table *t, const uint64_t *slots, uint64_t mask, uint64_t h,
+                           const uint64_t *k, const nat_range *rg, int32_t exclude,
+                           uint64_t *out) noexcept nogil:
+    cdef uint64_t tag = h >> 32
+    cdef uint64_t i = tag & mask
+    cdef uint64_t s, n = 0
+    cdef uint32_t x
+    cdef const uint64_t *o
+    cdef const uint64_t *r
+    cdef uint8_t proto = <uint8_t>(k[4] >> 56)
+    while n <= mask:
+        s = slots[i]
+        if s == 0:
+            return False
+        x = slot_entry(s)
+        if (s & SLOT_BYSRC) and (s >> 32) == tag and <int32_t>x != exclude:
+            o = <const uint64_t *>&t.e[x]
+            if o[0] == k[0] and o[1] == k[1] and \
+                    (o[4] & 0xFFFFFFFF0000FFFFULL) == (k[4] & 0xFFFFFFFF0000FFFFULL):
+                # Its mapped source is its reply tuple's destination (ICMP: the id stays in sport).
+                r = t.nat[x].r
+                out[0] = r[2]
+                out[1] = r[3]
+                out[2] = k[2]
+                out[3] = k[3]
+                if proto == IP_PROTO_ICMP or proto == IP_PROTO_ICMP6:
+                    out[4] = (k[4] & ~<uint64_t>0xFFFF) | (r[4] & 0xFFFF)
+                else:
+                    out[4] = (k[4] & ~<uint64_t>0xFFFF) | ((r[4] >> 16) & 0xFFFF)
+                if _addr_in_range(out, MANIP_SRC, rg) and _port_in_range(t, out, MANIP_SRC, rg):
+                    return True
+        i = (i + 1) & mask
+        n += 1
+    return False
+
+cdef inline bint _appropriate_src(ct_table *t, const uint64_t *k, const nat_range *rg, int32_t exclude,
+                                  uint64_t *out) noexcept nogil:
+    """The mapping a connection from the same source (zone, protocol, address, port) already got,
+    towards this connection's destination: the first of the bysource chain that lies in the range
+    (kernel find_appropriate_src).  Endpoint-independent mapping: one source, one mapping."""
+    cdef uint64_t h = bysrc_hash(k, t.seed)
+    if _bysrc_in(t, t.slots, t.mask, h, k, rg, exclude, out):
+        return True
+    return t.oslots != NULL and _bysrc_in(t, t.oslots, t.omask, h, k, rg, exclude, out)
+
 cdef inline bint unique_tuple(ct_table *t, uint64_t *k, uint8_t manip, const nat_range *rg,
                               int32_t exclude) noexcept nogil:
     """Map tuple k (in place) into the range so that it is unique (kernel get_unique_tuple):
     keep it when it is in range and free, else an address by hash and a free port.  True when
     the result is unique."""
     cdef bint random_all = (rg.flags & (NAT_F_RANDOM | NAT_F_FULLY_RANDOM)) != 0
-    if manip == MANIP_SRC and not random_all and _addr_in_range(k, manip, rg) and \
-            _port_in_range(t, k, manip, rg) and not tuple_taken(t, k, exclude):
-        return True
+    cdef uint64_t mapped[5]
+    if manip == MANIP_SRC and not random_all:
+        if _addr_in_range(k, manip, rg) and _port_in_range(t, k, manip, rg):
+            if not tuple_taken(t, k, exclude):
+                return True
+        elif _appropriate_src(t, k, rg, exclude, mapped) and not tuple_taken(t, mapped, exclude):
+            memcpy(k, mapped, 40)        # the source keeps the mapping it already has
+            return True
     _pick_address(t, k, manip, rg)
     if not random_all and _port_in_range(t, k, manip, rg):
         if rg.pmin != 0 and rg.pmin == rg.pmax:

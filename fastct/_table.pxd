@@ -3,7 +3,10 @@
 
 Slots are uint64: the upper 32 bits of the entry's hash (the tag) and entry number + 1 (0 = empty).
 A connection has one slot; one whose reply tuple NAT changed has a second, at the hash of that reply
-tuple, marked with SLOT_REPLY (bit 31 of the entry part, so max_conns stays below 2^31 - 1).
+tuple, marked with SLOT_REPLY (bit 31 of the entry part), and one whose source NAT changed a third, at
+the hash of its original source (zone, protocol, address, port), marked SLOT_BYSRC (bit 30): the
+kernel's bysource table, to give a source already mapped the same mapping again.  So max_conns stays
+below 2^30 - 1.
 The home slot is tag & mask, so a slot alone says where it belongs: deletion shifts the following
 slots back (no tombstones) and growth re-places slots without touching entries.  Linear probing;
 an insert never places a slot more than max_probe past its home (a longer chain means a dropped
@@ -22,7 +25,12 @@ from fastct._flowkey cimport key_eq_orig, key_eq_reply, entry_hash, key_eq_tuple
 
 cdef enum:
     SLOT_REPLY = 0x80000000     # the slot indexes a NAT'd connection's reply tuple
-    SLOT_ENTRY = 0x7FFFFFFF     # entry number + 1
+    SLOT_BYSRC = 0x40000000     # the slot indexes a source-NAT'd connection by its original source
+    SLOT_ENTRY = 0x3FFFFFFF     # entry number + 1
+
+cdef inline uint64_t bysrc_hash(const uint64_t *k, const uint64_t *seed) noexcept nogil:
+    """Keyed hash of a tuple's source: zone, family, protocol, address, port (ICMP: the id)."""
+    return fastct_hash5(k[0], k[1], 0x62797372, 0, k[4] & 0xFFFFFFFF0000FFFFULL, seed)
 
 cdef inline uint32_t slot_entry(uint64_t s) noexcept nogil:
     """The entry a (non-empty) slot points to."""
@@ -33,6 +41,8 @@ cdef inline bint slot_matches(ct_table *t, uint64_t s, const pkt_meta *m, uint8_
     in which direction.  A plain slot stands for the entry's original tuple and, unless NAT changed
     it, its reverse (the reply tuple); a SLOT_REPLY slot for the stored reply tuple only."""
     cdef ct_entry *e = &t.e[slot_entry(s)]
+    if s & SLOT_BYSRC:
+        return False            # (found only by the NAT's source lookup)
     if s & SLOT_REPLY:
         if key_eq_tuple(t.nat[slot_entry(s)].r, m):
             dir[0] = DIR_REPLY
@@ -77,7 +87,7 @@ cdef inline uint32_t _candidate_in(const uint64_t *slots, uint64_t mask, uint64_
         s = slots[i]
         if s == 0 or n > mask:
             return 0
-        if (s >> 32) == tag:
+        if (s >> 32) == tag and not (s & SLOT_BYSRC):
             return <uint32_t>s
         i = (i + 1) & mask
         n += 1
@@ -164,6 +174,9 @@ cdef inline void nat_release(ct_table *t, uint32_t idx) noexcept nogil:
         return
     slot_delete(t, slot_of(t, t.nat[idx].rhash, idx, SLOT_REPLY))
     t.nat_live -= 1
+    if e.status & IPS_SRC_NAT:
+        slot_delete(t, slot_of(t, bysrc_hash(<const uint64_t *>e, t.seed), idx, SLOT_BYSRC))
+        t.nat_live -= 1
     e.status &= ~IPS_NAT_MASK
 
 cdef inline void entry_unindex(ct_table *t, uint32_t idx) noexcept nogil:
@@ -172,7 +185,7 @@ cdef inline void entry_unindex(ct_table *t, uint32_t idx) noexcept nogil:
     slot_delete(t, slot_of(t, entry_hash(&t.e[idx], t.seed), idx))
 
 cdef inline void _repoint(ct_table *t, uint64_t *slot, uint32_t idx) noexcept nogil:
-    slot[0] = (slot[0] & 0xFFFFFFFF80000000ULL) | (<uint64_t>idx + 1)
+    slot[0] = (slot[0] & 0xFFFFFFFFC0000000ULL) | (<uint64_t>idx + 1)
 
 cdef inline void entry_forget(ct_table *t, uint32_t idx) noexcept nogil:
     """Drop entry idx, which is not in the index, moving the last entry into its place."""
@@ -184,6 +197,8 @@ cdef inline void entry_forget(ct_table *t, uint32_t idx) noexcept nogil:
         _repoint(t, slot_of(t, entry_hash(l, t.seed), last), idx)
         if l.status & IPS_NAT_MASK:
             _repoint(t, slot_of(t, t.nat[last].rhash, last, SLOT_REPLY), idx)
+            if l.status & IPS_SRC_NAT:
+                _repoint(t, slot_of(t, bysrc_hash(<const uint64_t *>l, t.seed), last, SLOT_BYSRC), idx)
             memcpy(&t.nat[idx], &t.nat[last], sizeof(ct_nat))
         memcpy(&t.e[idx], l, sizeof(ct_entry))
         memcpy(&t.cold[idx], &t.cold[last], sizeof(ct_cold))

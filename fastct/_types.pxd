@@ -276,7 +276,8 @@ cdef struct ct_table:
     uint32_t *zone_count    # per zone: entries in entries[0:n] (NULL while no zone limit is set)
     const uint32_t *zone_limit   # per zone: most entries allowed, 0 no limit (NULL: no limits)
     ct_nat *nat             # NAT side records parallel to e (NULL until NAT rules are set)
-    uint32_t nat_live       # entries with SRC_NAT/DST_NAT (each holds a second index slot)
+    uint32_t nat_live       # index slots NAT'd connections hold besides their own (reply tuple;
+                            # by source, for source NAT)
     const nat_rule *rules   # compiled NAT rules: prerouting ones first, then postrouting
     uint32_t n_rules
     uint32_t nat_on         # NAT rules are set: every new connection gets its bindings

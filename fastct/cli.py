@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--stats", action="store_true", help="print conntrack -S counters after the table")
     t.add_argument("--zone", type=_int_arg(0, 65535, "--zone"), default=0, help="put all traffic in zone N")
     t.add_argument("--zone-from", choices=["vlan"], help="take the zone from the outer VLAN id")
-    t.add_argument("--max-conns", type=_int_arg(1, 2**31 - 2, "--max-conns"), default=None,
+    t.add_argument("--max-conns", type=_int_arg(1, 2**30 - 2, "--max-conns"), default=None,
                    help="table size (nf_conntrack_max; default 262144)")
     t.add_argument("--sysctl", action="append", default=[], metavar="NAME=VALUE",
                    help="a kernel setting by its name, e.g. net.netfilter.nf_conntrack_tcp_loose=0 "

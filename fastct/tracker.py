@@ -191,8 +191,8 @@ class Tracker:
             raise ValueError(f"seed must be a non-negative integer or None, not {seed!r}")
         try:
             # Prefaulted tables also get their final index now: no growth later.
-            # (A NAT'd connection takes two index slots.)
-            per = 2 if nat is not None else 1
+            # (A NAT'd connection takes up to three index slots.)
+            per = 3 if nat is not None else 1
             slots = 1 << max(10, int(np.ceil(np.log2(max_conns * per * 8 / 5)))) if prefault else 1024
             self._engine = _engine.Engine(int(max_conns), seed, slots)
         except MemoryError:

@@ -837,7 +837,7 @@ def test_bad_options(args):
 
 
 def test_absurd_max_conns():
-    r = track(PCAPS / "mixed_demo.pcap", "--max-conns", "2147483646")
+    r = track(PCAPS / "mixed_demo.pcap", "--max-conns", "1073741822")
     assert r.returncode == 2, r.stderr
     assert "MemoryError" not in r.stderr and r.stdout == ""
     assert len(stderr_lines(r)) == 1 and "max" in r.stderr and "error" in r.stderr

@@ -298,7 +298,7 @@ MEM = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 PER_CONN = ENTRY_DTYPE.itemsize + COLD_DTYPE.itemsize
 
 # refused by the option's parser (argparse: usage message, exit 2)
-BAD_PARSE = ["0", "-1", str(10**15), "abc", str(2**32), "", "1.5", "1e6", "0x100000000", "2147483648", "2147483647",
+BAD_PARSE = ["0", "-1", str(10**15), "abc", str(2**32), "", "1.5", "1e6", "0x100000000", "2147483648", "2147483647", "1073741823",
              "-0", "9" * 5000, "\u0661\u0662\u0663" + "9" * 20]
 
 
@@ -315,7 +315,7 @@ def test_absurd_max_conns_usage_error(small_pcap, value):
 
 
 @pytest.mark.parametrize("option", [
-    ["--max-conns", str(2**31 - 2)],                               # in range, more than the memory
+    ["--max-conns", str(2**30 - 2)],                               # in range, more than the memory
     ["--max-conns", str(MEM // PER_CONN + 1)],                     # one connection over the memory
     ["--sysctl", "nf_conntrack_max=2147483647"],
     ["--sysctl", "net.netfilter.nf_conntrack_max=0"],
@@ -323,7 +323,7 @@ def test_absurd_max_conns_usage_error(small_pcap, value):
     ["--sysctl", "nf_conntrack_max=-1"],
     ["--sysctl", "nf_conntrack_max=abc"],
     ["--sysctl", "nf_conntrack_max=5", "--max-conns", "6"],
-], ids=["2^31-2", "memory+1", "sysctl-2^31-1", "sysctl-0", "sysctl-1e15", "sysctl--1", "sysctl-abc", "disagree"])
+], ids=["2^30-2", "memory+1", "sysctl-2^31-1", "sysctl-0", "sysctl-1e15", "sysctl--1", "sysctl-abc", "disagree"])
 def test_too_big_max_conns_clear_message(small_pcap, option):
     rc, out, err = run_cli(["track", *option, small_pcap])
     assert rc == 2, err

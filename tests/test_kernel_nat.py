@@ -40,9 +40,8 @@ Scenarios: masquerade on the outside interface (TCP, UDP, ICMP echo, ICMP error 
 closed port; IPv4 and IPv6), snat to an address and a 10-port range (in-range ports kept, clashes
 between two client addresses on one source port, ephemeral ports mapped into the range, echo ids
 clashing, an ICMP error), dnat to a server's port (TCP, UDP, ICMP error quoting the translated
-packet).  One known disagreement is an xfail(strict=True): the kernel gives a second connection
-from an already mapped source address and port the same mapping (find_appropriate_src), fastct
-does not (test_snat_same_source_reuses_mapping).
+packet), and a second connection from an already mapped source address and port, which gets the
+same mapping (the kernel's find_appropriate_src; test_snat_same_source_reuses_mapping).
 
 Needs root, `ip netns`, nft, conntrack and tcpdump; skipped without them (failed instead when CI is
 set and a tool is missing).
@@ -917,19 +916,13 @@ class FastctDiffers(AssertionError):
     """fastct does not do what the kernel does (a lab check failing is a plain AssertionError)."""
 
 
-@pytest.mark.xfail(strict=True, raises=FastctDiffers, reason=(
-    "fastct does not reuse an existing mapping for the same source (the kernel's find_appropriate_src, "
-    "nat_facts.md 1.3 step 1b / 1.4; documented as not done in fastct/_nat.pxd): a second connection "
-    "from a source address and port already mapped into the range gets its own binding from fastct, "
-    "while the kernel gives it the first connection's mapped port (free towards the new destination)"))
 def test_snat_same_source_reuses_mapping(lab, tmp_path):
     """Two UDP flows from one source address and port outside the range (10.231.1.3:40000) to two
     server ports.  The kernel maps the first to a port of the range (chosen at random), and the
     second, whose source it finds in its bysource table, to the same port: curr is not in range (the
     address differs), so get_unique_tuple tries find_appropriate_src before the port walk, and the
     first connection's mapped address and port towards the new destination is free.  Everything
-    else is checked as in test_snat_port_range and agrees; the xfail is the mapping's reuse only
-    (fixed ports, so fastct's choices, a keyed hash of the tuple for seed 1, are the same every run)."""
+    else is checked as in test_snat_port_range."""
     script, rules, ranges = snat_range(lab)
     steps = [("udp", C4B, 40000, S4, UDP_PORT), ("udp", C4B, 40000, S4, UDP_PORT2)]
     run = observe(lab, tmp_path, script, lambda: serve(lab, S4, steps))

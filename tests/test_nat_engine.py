@@ -258,19 +258,39 @@ def test_port_in_range_and_free_is_kept():
 def test_address_range_and_persistent():
     servers = [f"198.51.100.{i}" for i in range(1, 41)]
     t = tracker(snat=["203.0.113.1-203.0.113.10,persistent"])
-    _, out = run(t, [tcp(C1, s, 40000, 80, SYN) for s in servers])
+    _, out = run(t, [tcp(C1, s, 40000 + i, 80, SYN) for i, s in enumerate(servers)])
     chosen = {addrs(f)[0] for f in out}
     assert len(chosen) == 1                      # one client, one address, whatever the server
     t2 = tracker(snat=["203.0.113.1-203.0.113.10"])
-    _, out2 = run(t2, [tcp(C1, s, 40000, 80, SYN) for s in servers])
+    _, out2 = run(t2, [tcp(C1, s, 40000 + i, 80, SYN) for i, s in enumerate(servers)])
     chosen2 = {addrs(f)[0] for f in out2}
     assert len(chosen2) > 1                      # spread by source and destination
     inside = {f"203.0.113.{i}" for i in range(1, 11)}
     assert chosen <= inside and chosen2 <= inside
     # The same client and server always get the same address (hash, not chance).
     t3 = tracker(snat=["203.0.113.1-203.0.113.10"])
-    _, out3 = run(t3, [tcp(C1, s, 40000, 80, SYN) for s in servers])
+    _, out3 = run(t3, [tcp(C1, s, 40000 + i, 80, SYN) for i, s in enumerate(servers)])
     assert [addrs(f)[0] for f in out3] == [addrs(f)[0] for f in out2]
+
+
+def test_one_source_keeps_its_mapping_towards_every_destination():
+    # The kernel's find_appropriate_src: a source (address, port) already mapped gets the same
+    # mapping again for a new destination, even where the hash would pick another address, and
+    # even when its own port had to move the first time.
+    t = tracker(snat=["203.0.113.1-203.0.113.10"])
+    servers = [f"198.51.100.{i}" for i in range(1, 21)]
+    _, out = run(t, [udp(C1, s, 5353, 53) for s in servers])
+    assert len({(addrs(f)[0], ports(f)[0]) for f in out}) == 1
+    t = tracker(snat=[GW])
+    _, out = run(t, [udp(C2, SRV, 5353, 53), udp(C1, SRV, 5353, 53), udp(C1, "198.51.100.9", 5353, 53),
+                     udp(C1, "198.51.100.10", 5353, 53)])
+    moved = ports(out[1])[0]
+    assert moved != 5353 and [ports(f)[0] for f in out[2:]] == [moved, moved]
+    assert t._engine.check_invariants() == []
+    # Random flags skip the reuse (as in the kernel): each connection draws its own port.
+    t = tracker(snat=[f"{GW}:20000-29999,random"])
+    _, out = run(t, [udp(C1, s, 5353, 53) for s in servers])
+    assert len({ports(f)[0] for f in out}) > 1
 
 
 def test_random_flags_still_unique():
