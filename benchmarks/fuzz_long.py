@@ -59,6 +59,9 @@ from fastct.tracker import REASONS, SCTP_STATES, STAT_NAMES, STATUS_BITS, TCP_ST
 TRK, NEW, EST, REL, RPL, INV = CSB["trk"], CSB["new"], CSB["est"], CSB["rel"], CSB["rpl"], CSB["inv"]
 LEGAL = np.zeros(256, dtype=bool)
 LEGAL[[0, TRK | INV, TRK | NEW, TRK | EST, TRK | EST | RPL, TRK | REL, TRK | REL | RPL]] = True
+NAT_BITS = 0xC0                                                          # snat | dnat
+for _tracked in (TRK | NEW, TRK | EST, TRK | EST | RPL, TRK | REL, TRK | REL | RPL):
+    LEGAL[[_tracked | 0x40, _tracked | 0x80, _tracked | 0xC0]] = True       # snat, dnat (NAT on)
 M32 = 0xFFFFFFFF
 SEC = 1_000_000_000
 L = 384                          # bytes per packet row (longer templates are captured short)
@@ -732,11 +735,41 @@ def epoch_config(seed, epoch, max_conns):
     if rng.random() < 0.2:
         kw["timeout_policies"] = {int(rng.integers(0, 3)): {"udp_timeout": int(rng.choice([0, 1, 3])),
                                                             "tcp_timeout_established": int(rng.choice([1, 10]))}}
+    if rng.random() < 0.35:
+        kw["nat"], kw["interfaces"] = random_nat(rng)
     flows = int(rng.choice([4, 64, 4096, 100_000, 1_000_000]))
     if mc >= 65536 and rng.random() < 0.6:
         flows = int(rng.choice([100_000, 1_000_000, 4_000_000]))      # (a large table fills and grows)
     return EpochConfig(kw, flows, float(rng.choice([0.05, 0.2, 0.5, 1.0, 1.0])), float(rng.choice([0.01, 0.05, 0.1])),
                        bool(rng.random() < 0.25), int(rng.choice([1_000, 100_000, 10_000_000, 300_000_000])))
+
+
+def random_nat(rng):
+    """NAT rules for an epoch (every action, small port ranges so that they run out), and the
+    interface addresses redirect needs (sometimes none: those packets are dropped)."""
+    from fastct.nat import NatRule
+    rules = []
+    lo = int(rng.integers(1024, 60000))
+    if rng.random() < 0.6:
+        rules.append(NatRule(action="dnat", proto=str(rng.choice(["tcp", "udp"])), dport=(0, 40000),
+                             to_min="10.0.0.9", to_max=str(rng.choice(["10.0.0.9", "10.0.0.12"])),
+                             to_ports=(lo, lo + int(rng.choice([0, 3, 500])))))
+    if rng.random() < 0.3:
+        rules.append(NatRule(action="redirect", proto="tcp", to_ports=8080))
+    if rng.random() < 0.7:
+        flags = [str(f) for f in rng.choice(["persistent", "random", "fully-random"], size=int(rng.integers(0, 2)))]
+        rules.append(NatRule(action="snat", to_min="203.0.113.1",
+                             to_max=str(rng.choice(["203.0.113.1", "203.0.113.4"])),
+                             to_ports=None if rng.random() < 0.4 else (lo, lo + int(rng.choice([0, 7, 1000]))),
+                             flags=frozenset(flags)))
+    if rng.random() < 0.5:
+        rules.append(NatRule(action="masquerade", l3=6, to_min="2001:db8::1"))
+    if rng.random() < 0.3:
+        rules.append(NatRule(action="notrack", proto="udp", dport=53))
+    if rng.random() < 0.2:
+        rules.append(NatRule(action="accept", stage="postrouting", dst="192.168.0.0/16"))
+    interfaces = {0: ["192.168.1.1", "fd00::1"]} if rng.random() < 0.7 else {}
+    return rules, interfaces
 
 
 def batch_params(seed, epoch, b, r):
@@ -965,12 +998,13 @@ def check_batch(t, res, n, before, commit, count_before):
             # (a packet's connection that a later packet evicted to make room has entry -1)
             need((entry[tracked] >= 0).all(), "a tracked packet names no entry")
     else:
-        need((st[tracked & (entry < 0)] == TRK | NEW).all() and d["insert"] == 0 and count <= count_before,
+        need(((st[tracked & (entry < 0)] & (0xFF ^ NAT_BITS)) == TRK | NEW).all() and d["insert"] == 0
+             and count <= count_before,
              "commit=False stored something")
     need((entry < count).all(), "a packet names an entry past the table")
     need((direction <= 1).all(), "direction > 1")
     need(((direction[tracked] == 1) == ((st[tracked] & RPL) != 0)).all(), "direction and rpl disagree")
-    need(d["insert"] <= int((st == TRK | NEW).sum()), "more inserts than new packets")
+    need(d["insert"] <= int(((st & (0xFF ^ NAT_BITS)) == TRK | NEW).sum()), "more inserts than new packets")
     return st
 
 
@@ -1001,7 +1035,8 @@ def check_table(t, zone_from_vlan, zones):
         need((v["state"][proto == P_DCCP] < len(DCCP_STATES)).all(), "DCCP state out of range")
     status = v["status"].astype(np.int64)
     need((status & STATUS_CONFIRMED).all(), "entry not CONFIRMED")
-    need(not (status & NAT_STATUS).any(), "NAT status bits")
+    if t.nat is None:
+        need(not (status & NAT_STATUS).any(), "NAT status bits without NAT rules")
     assured = (status & STATUS_ASSURED) != 0
     need((status[assured] & STATUS_SEEN_REPLY).all(), "ASSURED without SEEN_REPLY")
     now = t.now
