@@ -974,25 +974,20 @@ cdef class Engine:
             m.dir = DIR_ORIGINAL
             reused = -1
             zn = <uint16_t>((m.k[4] >> 32) & 0xFFFF)
-            full = idx < 0 and t.n >= t.cap
+            if idx >= 0 and (t.e[idx].status & IPS_NAT_MASK):
+                # A NAT'd connection being replaced: its tuples go with it (the new one gets its
+                # own bindings, and may hash elsewhere), so it is unindexed and its place used as
+                # room made for the new one.  Should the new one not be made, it is forgotten: a
+                # dead entry left without its NAT would claim its reverse tuple.
+                entry_unindex(t, <uint32_t>idx)
+                reused = idx
+                idx = -1
+            full = idx < 0 and reused < 0 and t.n >= t.cap
             if idx >= 0:
                 # A dead entry, or one a TCP reopen replaces: rebuilt in place (same tuple hash).
                 e = &t.e[idx]
                 c = &t.cold[idx]
-                if e.status & IPS_NAT_MASK:
-                    # Its NAT goes (the new connection gets its own bindings).  Found through its
-                    # NAT reply tuple, the new connection's tuple hashes elsewhere: re-indexed.
-                    nat_release(t, <uint32_t>idx)
-                    if m.dir == DIR_REPLY:
-                        slot_delete(t, slot_of(t, entry_hash(e, t.seed), <uint32_t>idx))
-                        key_store(e, m)
-                        if slot_insert(t, m.hash, <uint32_t>idx) < 0:
-                            self._forget(<uint32_t>idx, pos0 + i)
-                            _drop(t, o_state, o_entry, o_dir, i, R_CHAIN_TOO_LONG)
-                            t.stats[ST_CHAINTOOLONG] += 1
-                            t.stats[ST_INSERT_FAILED] += 1
-                            continue
-            elif full:
+            elif full or reused >= 0:
                 e = &self._spare_e     # built aside; it takes the place made for it below
                 c = &self._spare_c
             else:
@@ -1023,6 +1018,8 @@ cdef class Engine:
                 t.reasons[reason] += 1
                 if idx >= 0:
                     e.expires = m.now    # the dead entry stays dead (proto_new cleared its state)
+                if reused >= 0:
+                    self._forget(<uint32_t>reused, pos0 + i)
                 continue
             if not commit:
                 # OVS ct() without commit: the verdict of a new connection, nothing stored.
@@ -1031,8 +1028,10 @@ cdef class Engine:
                 o_dir[i] = 0
                 if idx >= 0:
                     e.expires = m.now
+                if reused >= 0:
+                    self._forget(<uint32_t>reused, pos0 + i)
                 continue
-            if idx < 0 and t.zone_limit != NULL and t.zone_limit[zn] and \
+            if idx < 0 and reused < 0 and t.zone_limit != NULL and t.zone_limit[zn] and \
                     t.zone_count[zn] >= t.zone_limit[zn]:
                 # The zone is at its limit (OVS ct limits): a dead entry of the zone may make room
                 # (dead entries count until they are collected), else the connection is dropped.

@@ -581,3 +581,20 @@ def test_outputs_follow_entries_moved_within_a_batch():
     for i in range(3):
         if r.entry[i] >= 0:
             assert bytes(ents[r.entry[i]]["src"][:4]) == ip4(f"10.0.0.{i + 1}")
+
+
+def test_replacing_a_dead_nat_connection_by_a_refused_packet():
+    # Two connections between the same endpoints, one each way, both source-NAT'd (the fuzzer's
+    # find).  When the second has died and a refused packet of its tuple arrives, the dead entry
+    # must not stay without its NAT: its reverse tuple is the first connection's.  (One batch, so
+    # that no sweep collects the dead entry first.)
+    t = tracker(snat=[GW])
+    t.timeouts["tcp_timeout_syn_sent"] = 1
+    r, _ = run(t, [tcp(C1, SRV, 4000, 80, SYN), tcp(SRV, GW, 80, 4000, SYN | ACK, 5000, 1001),
+                   tcp(C1, SRV, 4000, 80, ACK, 1001, 5001), tcp(SRV, C1, 80, 4000, SYN, 7000),
+                   tcp(SRV, C1, 80, 4000, SYN | 0x01, 7000)], ts=[0, 0.1, 0.2, 0.3, 10.0])
+    assert r.ct_state.tolist() == [TRK | NEW | SNAT, TRK | EST | RPL | DNAT, TRK | EST | SNAT,
+                                   TRK | NEW | SNAT, TRK | INV]        # SYN+FIN: refused
+    assert t._engine.check_invariants() == []
+    r, out = run(t, [tcp(C1, SRV, 4000, 80, ACK, 1001, 5001)], ts=[11.0])
+    assert r.ct_state.tolist() == [TRK | EST | SNAT] and addrs(out[0])[0] == GW
