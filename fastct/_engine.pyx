@@ -31,9 +31,6 @@ from fastct._frag cimport frag_q, frag_handle, frag_sweep, FRAG_SLOTS, FRAG_L4_S
 cnp.import_array()
 
 cdef enum:
-    REMAP_GONE = 0xFFFFFFFF   # _fix_outputs: the entry was evicted
-
-cdef enum:
     SUB = 64                  # packets per stage pass
     HDR_PREFETCH = 16         # how far ahead packet headers are prefetched
     MAX_PROBE = 512           # probe length bound (an insert that would go further is dropped)
@@ -226,8 +223,9 @@ cdef class Engine:
     cdef int64_t *_ev
     cdef Py_ssize_t _ev_cap
     cdef Py_ssize_t _ev_n
-    cdef object _remap_raw            # per entry: 0 unchanged, else new index + 1, or GONE
-    cdef uint32_t *_remap
+    cdef object _hm_raw               # _fix_outputs' map: entry -> where it ended (open addressing)
+    cdef int32_t *_hm                 # pairs (key, value); key -1 empty; all empty between calls
+    cdef Py_ssize_t _hm_cap           # pairs
 
     def __cinit__(self, uint32_t max_conns, object seed, uint32_t initial_slots=MIN_SLOTS):
         cdef int i
@@ -242,8 +240,6 @@ cdef class Engine:
         self.t.e = <ct_entry *><size_t>self._entries_raw.ctypes.data
         self.t.cold = <ct_cold *><size_t>self._cold_raw.ctypes.data
         self.t.cap = max_conns
-        self._remap_raw = np.zeros(max_conns, dtype=np.uint32)    # (calloc: untouched pages are free)
-        self._remap = <uint32_t *><size_t>self._remap_raw.ctypes.data
         self._frag_raw = np.zeros(FRAG_SLOTS * sizeof(frag_q), dtype=np.uint8)
         self._fq = <frag_q *><size_t>self._frag_raw.ctypes.data
         self.t.max_probe = MAX_PROBE
@@ -331,41 +327,59 @@ cdef class Engine:
         self._note(<int32_t>idx, <int32_t>last if last != idx else -1, pos)
         entry_forget(&self.t, idx)
 
-    cdef inline int32_t _remapped(self, int32_t x) noexcept nogil:
-        cdef uint32_t r = self._remap[x]
-        if r == 0:
-            return x
-        return -1 if r == REMAP_GONE else <int32_t>(r - 1)
-
-    cdef inline void _set_remap(self, int32_t x, int32_t v, int64_t *touched, Py_ssize_t *nt) noexcept nogil:
-        if self._remap[x] == 0:
-            touched[nt[0]] = x
-            nt[0] += 1
-        self._remap[x] = REMAP_GONE if v < 0 else <uint32_t>(v + 1)
+    cdef inline int32_t *_hm_slot(self, int32_t x, uint32_t mask) noexcept nogil:
+        """The pair of key x in the map (its own, or the empty one where it would go)."""
+        cdef uint32_t h = (<uint32_t>x * 2654435761U) & mask
+        while self._hm[2 * h] != -1 and self._hm[2 * h] != x:
+            h = (h + 1) & mask
+        return &self._hm[2 * h]
 
     cdef void _fix_outputs(self, int32_t *o, Py_ssize_t n) noexcept nogil:
         """Make each packet's output entry where its connection is at the end of the call, or -1
         if a later packet of the call evicted it (a full table makes room; a refused packet's room
         is given back by moving the last entry into it).  Walks the packets backwards, composing
-        the notes made after each one: O(packets + notes)."""
+        the notes made after each one into a small map (entry -> final place, -1 gone; absent:
+        unchanged): O(packets + notes), the map sized to the notes so it stays in cache."""
         cdef Py_ssize_t j, k = self._ev_n - 1, nt = 0
         cdef int64_t *touched = self._ev + 3 * self._ev_n      # (room for 2 per note, see process)
         cdef int64_t *ev
+        cdef int32_t *p
+        cdef int32_t *q
         cdef int32_t mx
+        cdef uint32_t mask = 16
+        while mask < 4 * <uint32_t>self._ev_n:
+            mask *= 2
+        mask -= 1
         j = n - 1
         while j >= 0:
             while k >= 0 and self._ev[3 * k + 2] > j:
                 ev = self._ev + 3 * k
-                mx = self._remapped(<int32_t>ev[0])
-                self._set_remap(<int32_t>ev[0], -1, touched, &nt)
+                # Before this note, entry ev[0] ends where it ended after it, which is nowhere
+                # (evicted); the entry moved into it (ev[1]) ends where ev[0] did.
+                p = self._hm_slot(<int32_t>ev[0], mask)
+                if p[0] == -1:
+                    mx = <int32_t>ev[0]
+                    p[0] = <int32_t>ev[0]
+                    touched[nt] = p - self._hm
+                    nt += 1
+                else:
+                    mx = p[1]
+                p[1] = -1
                 if ev[1] >= 0:
-                    self._set_remap(<int32_t>ev[1], mx, touched, &nt)
+                    q = self._hm_slot(<int32_t>ev[1], mask)
+                    if q[0] == -1:
+                        q[0] = <int32_t>ev[1]
+                        touched[nt] = q - self._hm
+                        nt += 1
+                    q[1] = mx
                 k -= 1
-            if o[j] >= 0:
-                o[j] = self._remapped(o[j])
+            if o[j] >= 0 and nt:
+                p = self._hm_slot(o[j], mask)
+                if p[0] != -1:
+                    o[j] = p[1]
             j -= 1
         for j in range(nt):
-            self._remap[touched[j]] = 0
+            self._hm[touched[j]] = -1
         self._ev_n = 0
 
     cdef inline void _migrate(self, uint64_t budget) noexcept nogil:
@@ -555,7 +569,7 @@ cdef class Engine:
         """Bytes the table can occupy: entries and cold data for max_conns, plus the index now."""
         return (self.t.cap * (sizeof(ct_entry) + sizeof(ct_cold))) + (self.t.mask + 1) * 8 + \
             ((self.t.omask + 1) * 8 if self.t.oslots != NULL else 0) + \
-            self.t.cap * 4 + (self.t.cap * sizeof(ct_nat) if self._nat_raw is not None else 0)
+            (self.t.cap * sizeof(ct_nat) if self._nat_raw is not None else 0)
 
     def check_invariants(self):
         """Problems with the table's structure (an empty list when it is sound): every entry
@@ -713,10 +727,15 @@ cdef class Engine:
         cdef const uint16_t *oif = NULL
         if 10 * n + 16 > self._ev_cap:
             # At most two notes (3 words each) per packet (room made, then given back), and two
-            # touched remap slots per note.
+            # touched map pairs per note; the map has room for four keys per note at most.
             self._ev_cap = 10 * n + 16
             self._ev_raw = np.empty(self._ev_cap, dtype=np.int64)
             self._ev = <int64_t *><size_t>self._ev_raw.ctypes.data
+            self._hm_cap = 16
+            while self._hm_cap < 8 * n + 8:
+                self._hm_cap *= 2
+            self._hm_raw = np.full(2 * self._hm_cap, -1, dtype=np.int32)
+            self._hm = <int32_t *><size_t>self._hm_raw.ctypes.data
         self._ev_n = 0
         # Bounds of the packet vector are checked once here, so the loop can trust them.
         with nogil:
