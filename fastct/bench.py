@@ -224,15 +224,21 @@ def syn_storm(n_conns, rng, t0=T0):
                        t0 + np.arange(n_conns, dtype=np.int64))
 
 
-def synflood_part(conns, n_flood, rng, t0, first=0):
+def synflood_part(conns, n_flood, rng, t0, first=0, random_tuples=False):
     """Flood packets first..first+n_flood-1 of a SYN flood: spoofed SYNs (100.x.y.z to
-    192.168.0.1:80), with one established packet of `conns` after every 16th flood packet (counted
-    from the flood's start, so the parts of a flood built in pieces add up to the whole);
-    established packets are marked by wirelen FRAME + 1."""
+    192.168.0.1:80; with random_tuples, to random addresses 172.16-31.x.y and ports too), with one
+    established packet of `conns` after every 16th flood packet (counted from the flood's start, so
+    the parts of a flood built in pieces add up to the whole); established packets are marked by
+    wirelen FRAME + 1."""
     src = (0x64000000 + rng.integers(0, 1 << 24, n_flood)).astype(np.uint32)    # 100.x.y.z
-    dst = np.full(n_flood, 0xC0A80001, dtype=np.uint32)
+    if random_tuples:
+        dst = (0xAC100000 + rng.integers(0, 1 << 20, n_flood)).astype(np.uint32)  # 172.16-31.x.y
+        dport = rng.integers(1, 65536, n_flood).astype(np.uint32)
+    else:
+        dst = np.full(n_flood, 0xC0A80001, dtype=np.uint32)
+        dport = np.full(n_flood, 80, dtype=np.uint32)
     sport = rng.integers(1024, 65535, n_flood).astype(np.uint32)
-    flood = make_frames(src, dst, sport, np.full(n_flood, 80, dtype=np.uint32), np.ones(n_flood, dtype=bool),
+    flood = make_frames(src, dst, sport, dport, np.ones(n_flood, dtype=bool),
                         np.full(n_flood, 2, dtype=np.uint8), rng.integers(0, 1 << 32, n_flood, dtype=np.uint64),
                         np.zeros(n_flood, dtype=np.uint32), t0 + np.arange(n_flood, dtype=np.int64))
     i0, i1 = first // 16, (first + n_flood) // 16
@@ -658,7 +664,8 @@ def scenario_growth(n_conns, batch_size, seed=1, opts: BenchOptions | None = Non
     return np.array(times), tracker
 
 
-def scenario_synflood(n_conns, batch_size, seed=1, factor=10, opts: BenchOptions | None = None):
+def scenario_synflood(n_conns, batch_size, seed=1, factor=10, opts: BenchOptions | None = None,
+                      random_tuples=False):
     """A SYN flood of factor x n_conns spoofed sources into a table of n_conns (nf_conntrack_max)
     already holding n_conns / 2 ASSURED connections, which keep talking through it.  The flood is
     built and timed a tenth at a time (memory stays at a tenth of it).
@@ -678,7 +685,7 @@ def scenario_synflood(n_conns, batch_size, seed=1, factor=10, opts: BenchOptions
     n = 0
     for part in range(10):
         lo, hi = n_flood * part // 10, n_flood * (part + 1) // 10
-        merged = synflood_part(conns, hi - lo, rng, t_next, first=lo)
+        merged = synflood_part(conns, hi - lo, rng, t_next, first=lo, random_tuples=random_tuples)
         t_next = int(merged.ts[-1]) + 1
         m = len(merged)
         states = np.empty(m, dtype=np.uint8)
@@ -744,7 +751,7 @@ def scenario_mixed(n_flows, opts: BenchOptions):
 
 # ---- command line ---------------------------------------------------------------------------
 SIZES = {"1k": 1_000, "100k": 100_000, "1M": 1_000_000, "10M": 10_000_000}
-SCENARIOS = ("established", "new", "growth", "synflood", "mixed")
+SCENARIOS = ("established", "new", "growth", "synflood", "randflood", "mixed")
 
 
 def _size(text: str) -> int:
@@ -888,11 +895,15 @@ def run(args) -> int:
                              batch_ms_median=float(np.median(times) * 1e3),
                              batch_ms_worst=float(times.max() * 1e3), grows=tr.stats()["grows"]))
                 del tr
-        if "synflood" in scenarios:
+        for flood in ("synflood", "randflood"):
+            # randflood: the same, the spoofed SYNs going to random addresses and ports.
+            if flood not in scenarios:
+                continue
             for b in opts.batch_sizes:
-                pk, tenths, tr, before, after, bad = scenario_synflood(n, b, opts=opts)
+                pk, tenths, tr, before, after, bad = scenario_synflood(
+                    n, b, opts=opts, random_tuples=flood == "randflood")
                 st = tr.stats()
-                emit(_result("synflood", n, b, pk, [sum(tenths)], tr.memory_bytes(), opts,
+                emit(_result(flood, n, b, pk, [sum(tenths)], tr.memory_bytes(), opts,
                              ns_per_packet_by_tenth=[round(t / (pk / 10) * 1e9, 1) for t in tenths],
                              assured_before=before, assured_after=after, established_not_est=bad,
                              early_drop=st["early_drop"], drop=st["drop"]))
@@ -934,7 +945,7 @@ def _text(r) -> str:
                  f"({r['grows']} grows)")
     if "setup_seconds" in r:
         line += f"  setup {r['setup_seconds']:.1f} s"
-    if r["scenario"] == "synflood":
+    if r["scenario"] in ("synflood", "randflood"):
         line += (f"\n{'':12} ASSURED {r['assured_before']} -> {r['assured_after']}, "
                  f"established packets not est: {r['established_not_est']}, early_drop "
                  f"{r['early_drop']}, drop {r['drop']}; ns/pkt by tenth of the flood: "

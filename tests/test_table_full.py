@@ -231,11 +231,12 @@ def test_uncommitted_verdict_in_a_full_table():
         assert len(t) == (CAP - 1 if expect_room else CAP)
 
 
-def test_bench_synflood_keeps_assured_connections():
-    # `fastct bench --scenario synflood` at a small size: 10 x max_conns spoofed SYNs into a table
-    # half full of ASSURED connections that keep talking.
+@pytest.mark.parametrize("random_tuples", [False, True], ids=["synflood", "randflood"])
+def test_bench_synflood_keeps_assured_connections(random_tuples):
+    # `fastct bench --scenario synflood` (randflood: to random addresses and ports) at a small size:
+    # 10 x max_conns spoofed SYNs into a table half full of ASSURED connections that keep talking.
     from fastct.bench import scenario_synflood
-    n, tenths, tracker, before, after, bad = scenario_synflood(4000, 256, seed=3)
+    n, tenths, tracker, before, after, bad = scenario_synflood(4000, 256, seed=3, random_tuples=random_tuples)
     s = tracker.stats()
     assert before == after == 2000
     assert bad == 0                                   # every established packet stayed est
