@@ -13,12 +13,13 @@ bytes per connection and the process's peak RSS.
 """
 import functools
 import resource
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from fastct import CaptureReader
-from fastct.bench import (T0, BenchOptions, _time_process, established_traffic, handshake, make_tracker,
+from fastct.bench import (T0, BenchOptions, _reply_side, _time_process, established_traffic, handshake, make_tracker,
                           mixed_segments, open_connections, parse_popularity, syn_storm, synflood_part)
 
 OPTS = BenchOptions(seed=1)
@@ -70,6 +71,30 @@ def test_established(benchmark, conns, popularity, batch):
 
     benchmark.pedantic(_time_process, setup=setup, rounds=5, iterations=1)
     _record(benchmark, n, conns, batch, table["tracker"], popularity=popularity)
+
+
+@pytest.mark.parametrize("nat", ["off", "dnat"])
+@pytest.mark.parametrize("conns", sizes([100_000], [1_000_000]))
+@pytest.mark.benchmark(group="nat")
+def test_established_nat(benchmark, conns, nat):
+    """NAT on and off: every connection DNAT'd to one backend (fastct.bench.make_tracker), its
+    packets rewritten; the frames are restored before each round (untimed)."""
+    opts = replace(OPTS, nat=nat)
+    rng = np.random.default_rng(opts.seed)
+    tracker = make_tracker(opts, max(conns, 1024))
+    endpoints, t_next = open_connections(tracker, conns, rng, T0, reply_from=_reply_side(opts))
+    traffic = established_traffic(endpoints, PACKETS, rng, t_next, None, _reply_side(opts))
+    pristine = traffic.buf.copy()
+    clock = {"t": t_next}
+
+    def setup():
+        traffic.buf[:] = pristine
+        traffic.ts += clock["t"] - int(traffic.ts[0])
+        clock["t"] = int(traffic.ts[-1]) + 1
+        return (tracker, traffic, 4096), {}
+
+    benchmark.pedantic(_time_process, setup=setup, rounds=5, iterations=1)
+    _record(benchmark, PACKETS, conns, 4096, tracker, nat=nat)
 
 
 @functools.lru_cache(maxsize=1)
