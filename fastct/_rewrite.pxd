@@ -135,8 +135,8 @@ cdef inline bint _transport(const ct_table *t, uint8_t *l4, uint32_t cap, uint32
         if set_dport:
             d += _replace16(l4 + 2, dport)
     if (co >= 0 or proto == IP_PROTO_SCTP) and (acc + d) != 0 and len >= _header_len(proto):
-        if cap < len if proto == IP_PROTO_SCTP else cap < _header_len(proto):
-            ok = False                  # the sum lies (or is taken over bytes) not captured
+        if cap < (len if proto == IP_PROTO_SCTP else _header_len(proto)):
+            ok = False                  # the sum lies (SCTP: is taken over bytes) not captured
         elif proto == IP_PROTO_SCTP:
             crc = sctp_crc(l4, len)
             crc_le[0] = <uint8_t>crc; crc_le[1] = <uint8_t>(crc >> 8)
