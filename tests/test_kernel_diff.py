@@ -858,7 +858,7 @@ def observe_fragments(lab, tmp_path, traffic) -> FragRun:
     captures run, take the kernel's table, then track the ingress capture with fastct."""
     ingress, nflog = tmp_path / "gateway_ingress.pcap", tmp_path / "gateway_nflog.pcap"
     before = lab.snmp(lab.gateway)
-    with lab.ingress_capture(ingress) as icap:
+    with lab.ingress_capture(ingress, snaplen=2048) as icap:   # (a huge snaplen loses bursts)
         with lab.capture(nflog) as cap:
             traffic(cap, icap)
             cap.settle()
