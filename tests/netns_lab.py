@@ -124,6 +124,30 @@ def sweep_stale() -> list[str]:
     return removed
 
 
+_AVAILABILITY: list = []      # unavailable_reason(), worked out once per process
+
+
+@contextmanager
+def lab_for_test(what: str):
+    """A fresh NetnsLab for one test of `what`, or the test skipped with the reason (failed under
+    CI when a tool is missing: CI must run it); afterwards no namespace of it may be left behind."""
+    import pytest
+    if not _AVAILABILITY:
+        _AVAILABILITY.append(unavailable_reason())
+    reason = _AVAILABILITY[0]
+    if reason:
+        if os.environ.get("CI") and missing_tools():
+            pytest.fail(f"CI must be able to run {what}: {reason} "
+                        f"(apt packages: iproute2 nftables conntrack tcpdump)")
+        pytest.skip(f"cannot build network namespaces for {what}: {reason}")
+    sweep_stale()
+    with NetnsLab() as the_lab:
+        names = list(the_lab.namespaces)
+        yield the_lab
+    left = [n for n in names if n in list_namespaces()]
+    assert not left, f"namespaces left behind: {left}"
+
+
 class LabError(RuntimeError):
     pass
 

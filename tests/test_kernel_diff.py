@@ -29,8 +29,6 @@ set and a tool is missing).
 """
 from __future__ import annotations
 
-import functools
-import os
 import socket
 import struct
 import textwrap
@@ -41,8 +39,7 @@ import dpkt
 import pytest
 
 from conntrack_lines import parse_table
-from netns_lab import (NetnsLab, lab_unicast, list_namespaces, missing_tools, read_ingress, read_nflog,
-                       sweep_stale, unavailable_reason)
+from netns_lab import NetnsLab, lab_for_test, lab_unicast, read_ingress, read_nflog
 
 pytestmark = pytest.mark.kernel
 
@@ -62,25 +59,10 @@ FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
 SYN_OPTS = b"\x02\x04\x05\xb4\x01\x03\x03\x07\x04\x02\x01\x01"
 
 
-@functools.lru_cache(maxsize=1)
-def _unavailable():
-    return unavailable_reason()
-
-
 @pytest.fixture
 def lab():
-    reason = _unavailable()
-    if reason:
-        if os.environ.get("CI") and missing_tools():
-            pytest.fail(f"CI must be able to run the kernel differential tests: {reason} "
-                        f"(apt packages: iproute2 nftables conntrack tcpdump)")
-        pytest.skip(f"cannot build network namespaces for the kernel differential tests: {reason}")
-    sweep_stale()
-    with NetnsLab() as the_lab:
-        names = list(the_lab.namespaces)
+    with lab_for_test("the kernel differential tests") as the_lab:
         yield the_lab
-    left = [n for n in names if n in list_namespaces()]
-    assert not left, f"namespaces left behind: {left}"
 
 
 # ---- observing the kernel and running fastct ---------------------------------------------------------

@@ -48,9 +48,7 @@ set and a tool is missing).
 """
 from __future__ import annotations
 
-import functools
 import ipaddress
-import os
 import socket
 import struct
 import textwrap
@@ -60,8 +58,7 @@ import numpy as np
 import pytest
 
 from conntrack_lines import parse_table
-from netns_lab import (NetnsLab, lab_unicast, list_namespaces, missing_tools, read_ingress, read_nflog,
-                       sweep_stale, unavailable_reason)
+from netns_lab import NetnsLab, lab_for_test, lab_unicast, read_ingress, read_nflog
 
 pytestmark = pytest.mark.kernel
 
@@ -85,30 +82,15 @@ ECHO_REPLY = {4: 0, 6: 129}
 ICMP_ERRORS = {4: (3, 4, 5, 11, 12), 6: (1, 2, 3, 4)}
 
 
-@functools.lru_cache(maxsize=1)
-def _unavailable():
-    return unavailable_reason()
-
-
 @pytest.fixture
 def lab():
-    reason = _unavailable()
-    if reason:
-        if os.environ.get("CI") and missing_tools():
-            pytest.fail(f"CI must be able to run the kernel NAT differential tests: {reason} "
-                        f"(apt packages: iproute2 nftables conntrack tcpdump)")
-        pytest.skip(f"cannot build network namespaces for the kernel NAT differential tests: {reason}")
-    sweep_stale()
-    with NetnsLab() as the_lab:
-        names = list(the_lab.namespaces)
+    with lab_for_test("the kernel NAT differential tests") as the_lab:
         # Complete transport checksums in every packet the end hosts send (not the partial sums of
         # checksum offload, which the kernel's NAT patches differently): both sides then see and
         # write ordinary checksums.
         the_lab.set_tx_checksum(the_lab.client, "cli0", False)
         the_lab.set_tx_checksum(the_lab.server, "srv0", False)
         yield the_lab
-    left = [n for n in names if n in list_namespaces()]
-    assert not left, f"namespaces left behind: {left}"
 
 
 # ---- packets (IP bytes) ----------------------------------------------------------------------------
