@@ -52,6 +52,7 @@ from pathlib import Path
 
 import dpkt
 import numpy as np
+from dpkt import crc32c as dpkt_crc32c
 
 from fastct import CT_STATE_BITS as CSB, Batch, Tracker
 from fastct.tracker import REASONS, SCTP_STATES, STAT_NAMES, STATUS_BITS, TCP_STATES, DCCP_STATES
@@ -83,19 +84,8 @@ def inet_csum(data: bytes) -> int:
     return ~fold(sum(struct.unpack(f"!{len(data) // 2}H", data))) & 0xFFFF
 
 
-_CRC32C = []
-for _i in range(256):
-    _c = _i
-    for _ in range(8):
-        _c = (_c >> 1) ^ 0x82F63B78 if _c & 1 else _c >> 1
-    _CRC32C.append(_c)
-
-
 def crc32c(data: bytes) -> int:
-    c = M32
-    for b in data:
-        c = _CRC32C[(c ^ b) & 0xFF] ^ (c >> 8)
-    return ~c & M32
+    return ~dpkt_crc32c.add(0xFFFFFFFF, data) & M32
 
 
 # ---------------------------------------------------------------------------------------------

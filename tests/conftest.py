@@ -1,4 +1,7 @@
+import contextlib
+import io
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -20,3 +23,20 @@ def shared_dir(sub: str) -> Path:
             pytest.fail(f"{path} is missing, and CI must have ../shared")
         pytest.skip(f"{path} is not present on this machine (it is in CI)")
     return path
+
+
+def run_cli(argv):
+    """fastct.cli.main in this process: (exit status, stdout, stderr); SystemExit is a status.
+    The SIGINT handler `fastct track` changes while it prints is put back afterwards."""
+    from fastct import cli
+    out, err = io.StringIO(), io.StringIO()
+    sigint = signal.getsignal(signal.SIGINT)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                rc = cli.main([str(a) for a in argv])
+            except SystemExit as exc:
+                rc = exc.code
+    finally:
+        signal.signal(signal.SIGINT, sigint)
+    return rc, out.getvalue(), err.getvalue()

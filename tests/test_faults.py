@@ -14,11 +14,9 @@ the exit status.
 """
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -28,8 +26,8 @@ import dpkt
 import numpy as np
 import pytest
 
-from conftest import REPO, SHARED, shared_dir
-from fastct import Tracker, cli
+from conftest import REPO, SHARED, run_cli, shared_dir
+from fastct import Tracker
 from fastct._version import __version__
 from fastct.capture.reader import CaptureError, CaptureReader
 from fastct.tracker import COLD_DTYPE, ENTRY_DTYPE
@@ -40,21 +38,6 @@ T0 = 1_700_000_000.25
 
 # ---------------------------------------------------------------------------------------------
 # running the command
-
-def run_cli(argv):
-    """fastct.cli.main in this process: (exit status, stdout, stderr); SystemExit is a status."""
-    out, err = io.StringIO(), io.StringIO()
-    sigint = signal.getsignal(signal.SIGINT)      # (cmd_track ignores SIGINT while it prints)
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                rc = cli.main([str(a) for a in argv])
-            except SystemExit as exc:
-                rc = exc.code
-    finally:
-        signal.signal(signal.SIGINT, sigint)
-    return rc, out.getvalue(), err.getvalue()
-
 
 def run_sub(argv, timeout=120):
     return subprocess.run([sys.executable, "-m", "fastct.cli", *map(str, argv)], capture_output=True, text=True,

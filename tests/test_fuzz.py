@@ -31,9 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import faulthandler
-import io
 import os
-import signal
 import socket
 import struct
 import subprocess
@@ -46,9 +44,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, Phase, given, note, reject, settings
+from hypothesis import HealthCheck, Phase, given, note, settings
 from hypothesis import strategies as st
 
+from conftest import run_cli
+from dpkt import crc32c as crc32c_mod
 from fastct import CT_STATE_BITS as B, Batch, Tracker
 from fastct import cli, nat, sysctl
 from fastct.capture.reader import CaptureError, CaptureReader
@@ -140,19 +140,8 @@ def put_csum(seg: bytes, pos: int, mode: str, prefix: bytes = b"", cover: int | 
     return seg[:pos] + struct.pack("!H", c) + seg[pos + 2:]
 
 
-_CRC32C = []
-for _i in range(256):
-    _c = _i
-    for _ in range(8):
-        _c = (_c >> 1) ^ 0x82F63B78 if _c & 1 else _c >> 1
-    _CRC32C.append(_c)
-
-
 def crc32c(data: bytes) -> int:
-    c = M32
-    for b in data:
-        c = _CRC32C[(c ^ b) & 0xFF] ^ (c >> 8)
-    return ~c & M32
+    return ~crc32c_mod.add(0xFFFFFFFF, data) & M32
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1444,21 +1433,6 @@ def tiny_pcap(tmp_path_factory):
                                     udp_seg(4, HOSTS[4][0], HOSTS[4][1], 1000, 53, b"q")))[0]
     p.write_bytes(pcap_bytes([(SEC, frame, len(frame))])[0])
     return p
-
-
-def run_cli(argv):
-    """fastct.cli.main in-process: (exit status, stdout, stderr); never an exception."""
-    out, err = io.StringIO(), io.StringIO()
-    sigint = signal.getsignal(signal.SIGINT)      # (cmd_track ignores SIGINT while it prints)
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                rc = cli.main(argv)
-            except SystemExit as exc:
-                rc = exc.code
-    finally:
-        signal.signal(signal.SIGINT, sigint)
-    return rc, out.getvalue(), err.getvalue()
 
 
 @fuzz(250)

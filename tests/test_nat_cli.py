@@ -1,13 +1,11 @@
 """`fastct track` with NAT: --snat/--dnat/--masquerade, -w out.pcap, --drop-invalid, --src-nat/--dst-nat."""
-import io
 import socket
-from contextlib import redirect_stderr, redirect_stdout
 
 import dpkt
 import pytest
 
-from fastct import cli
 from fastct.tracker import Tracker
+from conftest import run_cli
 from pkt import ACK, FIN, SYN
 from test_nat_engine import C1, C2, GW, SRV, assert_checksums, echo, tcp, udp
 
@@ -37,10 +35,7 @@ def read_frames(path):
 
 
 def track(*argv):
-    out, err = io.StringIO(), io.StringIO()
-    with redirect_stdout(out), redirect_stderr(err):
-        status = cli.main(["track", *map(str, argv)])
-    return status, out.getvalue(), err.getvalue()
+    return run_cli(["track", *argv])
 
 
 def addrs(frame):
