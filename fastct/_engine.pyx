@@ -20,7 +20,8 @@ from fastct._table cimport (table_find, table_candidate, slot_insert, sweep_expi
                             zone_count_add, prefetch_eviction, slot_delete, slot_of, slot_entry,
                             nat_release, SLOT_REPLY, SLOT_BYSRC, SLOT_ENTRY, bysrc_hash)
 from fastct._flowkey cimport key_hash
-from fastct._nat cimport nat_choice, nat_setup, notrack_match
+from fastct._nat cimport nat_choice, nat_setup
+from fastct._rules cimport rs_ctx, rs_has, rs_hook, rs_iif, CTS_NEW, CTS_ESTABLISHED, CTS_RELATED, CTS_INVALID, CTS_UNTRACKED
 from fastct._rewrite cimport nat_rewrite, nat_state_bits
 from fastct._verdict cimport V_ACCEPT, V_INVALID, V_REOPEN
 from fastct._proto cimport proto_new, proto_packet
@@ -40,8 +41,20 @@ cdef ct_entry _entry_proto
 cdef ct_cold _cold_proto
 ENTRY_DTYPE = np.asarray(<ct_entry[:1]>(&_entry_proto)).dtype
 COLD_DTYPE = np.asarray(<ct_cold[:1]>(&_cold_proto)).dtype
-cdef nat_rule _nat_rule_proto
-NAT_RULE_DTYPE = np.asarray(<nat_rule[:1]>(&_nat_rule_proto)).dtype
+cdef nat_target _nat_target_proto
+NAT_TARGET_DTYPE = np.asarray(<nat_target[:1]>(&_nat_target_proto)).dtype
+cdef rs_match _rs_match_proto
+RS_MATCH_DTYPE = np.asarray(<rs_match[:1]>(&_rs_match_proto)).dtype
+cdef rs_irange _rs_irange_proto
+RS_IRANGE_DTYPE = np.asarray(<rs_irange[:1]>(&_rs_irange_proto)).dtype
+cdef rs_arange _rs_arange_proto
+RS_ARANGE_DTYPE = np.asarray(<rs_arange[:1]>(&_rs_arange_proto)).dtype
+cdef rs_rule _rs_rule_proto
+RS_RULE_DTYPE = np.asarray(<rs_rule[:1]>(&_rs_rule_proto)).dtype
+cdef rs_chain _rs_chain_proto
+RS_CHAIN_DTYPE = np.asarray(<rs_chain[:1]>(&_rs_chain_proto)).dtype
+cdef rs_route _rs_route_proto
+RS_ROUTE_DTYPE = np.asarray(<rs_route[:1]>(&_rs_route_proto)).dtype
 cdef ct_nat _nat_proto
 NAT_DTYPE = np.asarray(<ct_nat[:1]>(&_nat_proto)).dtype
 MAX_CONNS_LIMIT = 0x3FFFFFFE          # entry numbers + 1 must fit the index slot's 30 bits
@@ -79,20 +92,43 @@ def cold_layout():
     }
 
 
-def nat_rule_layout():
-    """Field offsets of nat_rule as the C compiler laid it out (tests compare them with NAT_RULE_DTYPE)."""
-    cdef nat_rule r
-    cdef char *b = <char *>&r
+def ruleset_layouts():
+    """Field offsets of the ruleset structs as the C compiler laid them out (tests compare them with
+    the dtypes derived from them: NAT_TARGET_DTYPE, RS_*_DTYPE)."""
+    cdef nat_target n
+    cdef rs_match mt
+    cdef rs_irange ir
+    cdef rs_arange ar
+    cdef rs_rule r
+    cdef rs_chain c
+    cdef rs_route rt
     return {
-        "src": <char *>&r.src - b, "dst": <char *>&r.dst - b, "to_min": <char *>&r.to_min - b,
-        "to_max": <char *>&r.to_max - b, "zone": <char *>&r.zone - b, "in_if": <char *>&r.in_if - b,
-        "out_if": <char *>&r.out_if - b, "sport_lo": <char *>&r.sport_lo - b,
-        "sport_hi": <char *>&r.sport_hi - b, "dport_lo": <char *>&r.dport_lo - b,
-        "dport_hi": <char *>&r.dport_hi - b, "to_port_lo": <char *>&r.to_port_lo - b,
-        "to_port_hi": <char *>&r.to_port_hi - b, "src_plen": <char *>&r.src_plen - b,
-        "dst_plen": <char *>&r.dst_plen - b, "l3": <char *>&r.l3 - b, "proto": <char *>&r.proto - b,
-        "stage": <char *>&r.stage - b, "action": <char *>&r.action - b, "flags": <char *>&r.flags - b,
-        "__size__": sizeof(nat_rule),
+        "nat_target": {"to_min": <char *>&n.to_min - <char *>&n, "to_max": <char *>&n.to_max - <char *>&n,
+                       "to_port_lo": <char *>&n.to_port_lo - <char *>&n,
+                       "to_port_hi": <char *>&n.to_port_hi - <char *>&n,
+                       "action": <char *>&n.action - <char *>&n, "flags": <char *>&n.flags - <char *>&n,
+                       "l3": <char *>&n.l3 - <char *>&n, "_pad": <char *>&n._pad - <char *>&n,
+                       "__size__": sizeof(nat_target)},
+        "rs_match": {"key": <char *>&mt.key - <char *>&mt, "neg": <char *>&mt.neg - <char *>&mt,
+                     "l3": <char *>&mt.l3 - <char *>&mt, "_pad": <char *>&mt._pad - <char *>&mt,
+                     "mask": <char *>&mt.mask - <char *>&mt, "first": <char *>&mt.first - <char *>&mt,
+                     "count": <char *>&mt.count - <char *>&mt, "__size__": sizeof(rs_match)},
+        "rs_irange": {"lo": <char *>&ir.lo - <char *>&ir, "hi": <char *>&ir.hi - <char *>&ir,
+                      "__size__": sizeof(rs_irange)},
+        "rs_arange": {"lo": <char *>&ar.lo - <char *>&ar, "hi": <char *>&ar.hi - <char *>&ar,
+                      "__size__": sizeof(rs_arange)},
+        "rs_rule": {"m_first": <char *>&r.m_first - <char *>&r, "m_count": <char *>&r.m_count - <char *>&r,
+                    "stmts": <char *>&r.stmts - <char *>&r, "ct_mark": <char *>&r.ct_mark - <char *>&r,
+                    "meta_mark": <char *>&r.meta_mark - <char *>&r, "target": <char *>&r.target - <char *>&r,
+                    "zone": <char *>&r.zone - <char *>&r, "verdict": <char *>&r.verdict - <char *>&r,
+                    "helper": <char *>&r.helper - <char *>&r, "_pad": <char *>&r._pad - <char *>&r,
+                    "__size__": sizeof(rs_rule)},
+        "rs_chain": {"first": <char *>&c.first - <char *>&c, "count": <char *>&c.count - <char *>&c,
+                     "policy": <char *>&c.policy - <char *>&c, "_pad": <char *>&c._pad - <char *>&c,
+                     "__size__": sizeof(rs_chain)},
+        "rs_route": {"prefix": <char *>&rt.prefix - <char *>&rt, "l3": <char *>&rt.l3 - <char *>&rt,
+                     "plen": <char *>&rt.plen - <char *>&rt, "oif": <char *>&rt.oif - <char *>&rt,
+                     "__size__": sizeof(rs_route)},
     }
 
 
@@ -114,6 +150,15 @@ def names():
                         for i in range(FASTCT_N_NAT_ACTIONS)],
         "nat_flags": [(fastct_nat_flag_names[i].decode(), fastct_nat_flag_values[i])
                       for i in range(FASTCT_N_NAT_FLAGS)],
+        "nat_flag_ifaddr": NAT_F_IFADDR,
+        "rs_hooks": [(fastct_rs_hook_names[i].decode(), fastct_rs_hook_values[i])
+                     for i in range(FASTCT_RS_N_HOOKS)],
+        "rs_keys": [(fastct_rs_key_names[i].decode(), fastct_rs_key_values[i])
+                    for i in range(FASTCT_RS_N_KEYS)],
+        "rs_verdicts": [(fastct_rs_verdict_names[i].decode(), fastct_rs_verdict_values[i])
+                        for i in range(FASTCT_RS_N_VERDICTS)],
+        "rs_stmts": [(fastct_rs_stmt_names[i].decode(), fastct_rs_stmt_values[i])
+                     for i in range(FASTCT_RS_N_STMTS)],
         "icmp_inverse": {p: {t: icmp_inverse_type(p, t) for t in range(256)
                              if icmp_inverse_type(p, t) != 0xFF}
                          for p in (IP_PROTO_ICMP, IP_PROTO_ICMP6)},
@@ -183,6 +228,59 @@ cdef inline void _outer_key(const pkt_meta *m, uint64_t *k) noexcept nogil:
         k[2] = fastct_load64(l3 + 24); k[3] = fastct_load64(l3 + 32)
         k[4] = (m.k[4] & 0x00FFFFFF00000000ULL) | (<uint64_t>IP_PROTO_ICMP6 << 56)
 
+cdef inline void _ctx_init(rs_ctx *c, const ct_table *t, const pkt_meta *m, uint16_t iface,
+                           uint32_t cts, bint has_ct) noexcept nogil:
+    """A ruleset walk's view of packet m (its tuple is set by the caller)."""
+    c.iif = rs_iif(t, iface)
+    c.oif = -1                  # (prerouting: routing has not happened yet)
+    c.ct_state = cts
+    c.ct_mark = 0
+    c.meta_mark = m.meta_mark
+    c.iplen = m.iplen
+    c.has_ct = has_ct
+    c.ct_dir = m.dir
+    c.notrack = 0
+    c.mark_set = 0
+    c.zone_set = 0
+    c.helper = 0
+    c.zone = 0
+    c.nat = -1
+
+cdef inline void _packet_chains(ct_table *t, const pkt_meta *m, uint16_t iface, int32_t idx,
+                                uint32_t cts, const uint64_t *k) noexcept nogil:
+    """The per-packet chains after conntrack for a packet that started no connection: those before
+    dnat see tuple k as it came, those after it the destination prerouting's NAT gave it (for a
+    translated connection, the other direction's source).  idx: its connection, or -1 (invalid,
+    untracked).  A `ct mark set` there marks the connection."""
+    cdef rs_ctx c
+    cdef uint64_t view[5]
+    cdef ct_entry *e
+    cdef const uint64_t *other
+    cdef uint8_t proto
+    _ctx_init(&c, t, m, iface, cts, idx >= 0)
+    if idx >= 0:
+        c.ct_mark = t.e[idx].mark
+    c.k = k
+    if rs_has(t, HP_PRE):
+        rs_hook(t, HP_PRE, &c)
+    if rs_has(t, HP_LATE):
+        memcpy(view, k, 40)
+        if idx >= 0 and (t.e[idx].status & IPS_NAT_MASK) and not (m.pflags & PF_RELATED):
+            e = &t.e[idx]
+            if m.dir == DIR_ORIGINAL:
+                other = &t.nat[idx].r[0]
+            else:
+                other = <const uint64_t *>e
+            view[2] = other[0]
+            view[3] = other[1]
+            proto = <uint8_t>(k[4] >> 56)
+            if proto != IP_PROTO_ICMP and proto != IP_PROTO_ICMP6:
+                view[4] = (view[4] & ~(<uint64_t>0xFFFF << 16)) | ((other[4] & 0xFFFF) << 16)
+        c.k = view
+        rs_hook(t, HP_LATE, &c)
+    if c.mark_set and idx >= 0:
+        t.e[idx].mark = c.ct_mark
+
 cdef inline void _rewrite(ct_table *t, uint32_t idx, const pkt_meta *m, uint8_t dir) noexcept nogil:
     if nat_rewrite(t, idx, m, dir):
         t.stats[ST_NAT_REWRITTEN] += 1
@@ -214,7 +312,7 @@ cdef class Engine:
     cdef object _zone_map             # keeps the arrays t.zone_policy / t.policies point into
     cdef object _policies
     cdef object _nat_raw              # NAT side records (allocated with the first rules)
-    cdef object _rules                # keeps the array t.rules points into
+    cdef object _prog                 # keeps the ruleset arrays t.chains ... point into
     cdef object _if_addr              # keeps the arrays t.if_addr / t.if_has point into
     cdef object _if_has
     # Entries a call evicted or moved, so that its earlier outputs can be fixed at its end (see
@@ -458,34 +556,95 @@ cdef class Engine:
         self.t.zone_count = <uint32_t *><size_t>counts.ctypes.data
         self.t.zone_limit = <const uint32_t *><size_t>limits.ctypes.data
 
-    def set_nat_rules(self, object rules):
-        """Compiled NAT rules (a NAT_RULE_DTYPE array, fastct.nat.NatRules.compile()), or None for
-        none.  Connections already made keep the bindings they got."""
-        if rules is None or len(rules) == 0:
-            self.t.rules = NULL
-            self.t.n_rules = 0
-            self.t.nat_on = 0
-            self.t.n_notrack = 0
-            self._rules = None
+    def set_ruleset(self, object prog):
+        """A compiled ruleset (fastct.rules_compile.Program), or None for none.  Connections
+        already made keep the bindings, marks and helpers they got."""
+        cdef uint32_t h
+        self.t.chains = NULL
+        self.t.rs_on = 0
+        self.t.nat_on = 0
+        self._prog = None
+        if prog is None:
             return
-        rules = np.ascontiguousarray(rules)
-        if rules.dtype != NAT_RULE_DTYPE or rules.ndim != 1:
-            raise ValueError("NAT rules must be a one-dimensional NAT_RULE_DTYPE array")
-        if self._nat_raw is None:
+        arrays = {
+            "chains": RS_CHAIN_DTYPE, "rules": RS_RULE_DTYPE, "matches": RS_MATCH_DTYPE,
+            "iranges": RS_IRANGE_DTYPE, "aranges": RS_ARANGE_DTYPE, "targets": NAT_TARGET_DTYPE,
+            "routes": RS_ROUTE_DTYPE}
+        for name, dtype in arrays.items():
+            a = getattr(prog, name)
+            if not isinstance(a, np.ndarray) or a.dtype != dtype or a.ndim != 1 or \
+                    not a.flags.c_contiguous:
+                raise ValueError(f"ruleset: {name} must be a contiguous 1-d array of its dtype")
+        base = np.ascontiguousarray(prog.base, dtype=np.uint32)
+        hp_first = np.asarray(prog.hp_first, dtype=np.int64)
+        counters = prog.counters
+        iif_map = None if prog.iif_map is None else np.ascontiguousarray(prog.iif_map, dtype=np.int16)
+        if hp_first.shape != (FASTCT_RS_N_HOOKS + 1,) or hp_first[0] != 0 or \
+                np.any(np.diff(hp_first) < 0) or hp_first[-1] != len(base):
+            raise ValueError("ruleset: hp_first must be offsets into base, one group per hook point")
+        n_chains, n_rules = len(prog.chains), len(prog.rules)
+        if len(base) and int(base.max()) >= n_chains:
+            raise ValueError("ruleset: a base chain number is out of range")
+        ch = prog.chains
+        if n_chains and int((ch["first"].astype(np.int64) + ch["count"]).max()) > n_rules:
+            raise ValueError("ruleset: a chain's rules are out of range")
+        r = prog.rules
+        if n_rules:
+            if int((r["m_first"].astype(np.int64) + r["m_count"]).max()) > len(prog.matches):
+                raise ValueError("ruleset: a rule's matches are out of range")
+            jumps = (r["verdict"] == RV_JUMP) | (r["verdict"] == RV_GOTO)
+            if np.any(jumps & ((r["target"] < 0) | (r["target"] >= n_chains))):
+                raise ValueError("ruleset: a jump or goto target is out of range")
+            nat = r["verdict"] == RV_NAT
+            if np.any(nat & ((r["target"] < 0) | (r["target"] >= len(prog.targets)))):
+                raise ValueError("ruleset: a NAT target is out of range")
+            if np.any(r["verdict"] >= FASTCT_RS_N_VERDICTS):
+                raise ValueError("ruleset: an unknown verdict")
+        mt = prog.matches
+        if len(mt):
+            addr = (mt["key"] == MK_SADDR) | (mt["key"] == MK_DADDR)
+            ends = mt["first"].astype(np.int64) + mt["count"]
+            if np.any(addr & (ends > len(prog.aranges))) or np.any(~addr & (ends > len(prog.iranges))):
+                raise ValueError("ruleset: a match's ranges are out of range")
+            if np.any(mt["key"] >= FASTCT_RS_N_KEYS):
+                raise ValueError("ruleset: an unknown match key")
+        if not isinstance(counters, np.ndarray) or counters.dtype != np.uint64 or \
+                counters.shape != (n_rules, 2) or not counters.flags.c_contiguous or \
+                not counters.flags.writeable:
+            raise ValueError("ruleset: counters must be a writable uint64[rules, 2] array")
+        if prog.nat_on and self._nat_raw is None:
             # One record per possible entry, so allocation never fails; pages nobody uses cost
             # nothing (see _aligned_empty).
             self._nat_raw = _aligned_empty(<Py_ssize_t>self.t.cap * sizeof(ct_nat), 64)
             self.t.nat = <ct_nat *><size_t>self._nat_raw.ctypes.data
-        self._rules = rules
-        self.t.rules = <const nat_rule *><size_t>rules.ctypes.data
-        self.t.n_rules = <uint32_t>len(rules)
-        self.t.nat_on = 1
-        self.t.n_notrack = <uint32_t>int(np.count_nonzero(rules["action"] == NAT_NOTRACK))
+        self._prog = (prog, base, counters, iif_map)
+        self.t.chains = <const rs_chain *><size_t>ch.ctypes.data
+        self.t.rules = <const rs_rule *><size_t>r.ctypes.data
+        self.t.matches = <const rs_match *><size_t>mt.ctypes.data
+        self.t.iranges = <const rs_irange *><size_t>prog.iranges.ctypes.data
+        self.t.aranges = <const rs_arange *><size_t>prog.aranges.ctypes.data
+        self.t.targets = <const nat_target *><size_t>prog.targets.ctypes.data
+        self.t.base = <const uint32_t *><size_t>base.ctypes.data
+        for h in range(FASTCT_RS_N_HOOKS + 1):
+            self.t.hp_first[h] = <uint32_t>hp_first[h]
+        self.t.rule_counters = <uint64_t *><size_t>counters.ctypes.data
+        if iif_map is None:
+            self.t.iif_map = NULL
+            self.t.n_iif_map = 0
+        else:
+            self._prog = self._prog + (iif_map,)
+            self.t.iif_map = <const int16_t *><size_t>iif_map.ctypes.data
+            self.t.n_iif_map = <uint32_t>len(iif_map)
+        self.t.routes = <const rs_route *><size_t>prog.routes.ctypes.data
+        self.t.n_routes = <uint32_t>len(prog.routes)
+        self.t.default_oif = <int32_t>prog.default_oif
+        self.t.nat_on = 1 if prog.nat_on else 0
+        self.t.rs_on = 1
 
     def set_interface_addresses(self, object addr, object has):
-        """Per interface (the batch's iface numbers): addr uint8[n, 32] (IPv4 in bytes 0-3, IPv6 in
-        16-31) and has uint8[n] (bit 0: an IPv4 address, bit 1: an IPv6 one).  Redirect maps to
-        the input interface's address."""
+        """Per gateway interface: addr uint8[n, 32] (IPv4 in bytes 0-3, IPv6 in 16-31) and has
+        uint8[n] (bit 0: an IPv4 address, bit 1: an IPv6 one).  Redirect maps to the input
+        interface's address, masquerade (without one of its own) to the output interface's."""
         addr = np.ascontiguousarray(addr, dtype=np.uint8)
         has = np.ascontiguousarray(has, dtype=np.uint8)
         if addr.ndim != 2 or addr.shape[1] != 32 or has.shape != (addr.shape[0],):
@@ -807,7 +966,8 @@ cdef class Engine:
         cdef uint16_t zn
         cdef Py_ssize_t ahead = HDR_PREFETCH if HDR_PREFETCH < left else left
         cdef uint64_t okey[5]
-        cdef bint untracked
+        cdef rs_ctx rc
+        cdef bint walk = t.rs_on and (rs_has(t, HP_PRE) or rs_has(t, HP_LATE))
         cdef nat_choice nat
         cdef uint32_t low
         # Stage 1: parse, key, hash.  Headers are prefetched HDR_PREFETCH packets ahead.
@@ -842,17 +1002,24 @@ cdef class Engine:
             if m.kind == PK_TRACK:
                 zbits = <uint64_t>(m.vlan if zone_from_vlan else zone) << 32
                 m.k[4] |= zbits
-                if t.n_notrack and m.l3 != NULL:
-                    # The raw table's notrack: before conntrack, for every packet (by its outer
-                    # header for an ICMP error).
+                m.meta_mark = 0
+                if t.rs_on and rs_has(t, HP_RAW) and m.l3 != NULL:
+                    # The raw chains (priority below conntrack's): every packet, before tracking,
+                    # by its outer header for an ICMP error; no connection yet (ct state reads
+                    # invalid, as the kernel's does).
+                    _ctx_init(&rc, t, m, iface[i], CTS_INVALID, False)
                     if m.pflags & PF_RELATED:
                         _outer_key(m, okey)
-                        untracked = notrack_match(t, okey, iface[i])
+                        rc.k = okey
                     else:
-                        untracked = notrack_match(t, m.k, iface[i])
-                    if untracked:
+                        rc.k = m.k
+                    rs_hook(t, HP_RAW, &rc)
+                    m.meta_mark = rc.meta_mark
+                    if rc.notrack:
                         m.kind = PK_UNTRACKED
                         continue
+                    if rc.zone_set:
+                        m.k[4] = (m.k[4] & ~(<uint64_t>0xFFFF << 32)) | (<uint64_t>rc.zone << 32)
                 m.rk4 = tuple_reverse_k4(m.k[4])
                 if m.pflags & PF_RELATED:
                     # Looked up as the kernel does (nf_conntrack_inet_error): the quoted packet's
@@ -905,6 +1072,12 @@ cdef class Engine:
                     t.stats[ST_NON_IP] += 1
                 elif m.kind == PK_UNTRACKED:
                     t.stats[ST_UNTRACKED] += 1
+                    if walk and m.l3 != NULL:
+                        if m.pflags & PF_RELATED:
+                            _outer_key(m, okey)
+                            _packet_chains(t, m, iface[i], -1, CTS_UNTRACKED, okey)
+                        else:
+                            _packet_chains(t, m, iface[i], -1, CTS_UNTRACKED, m.k)
                 else:
                     t.stats[ST_LINKTYPE_SKIPPED] += 1
                     lt_skipped[m.linktype] += 1
@@ -943,6 +1116,9 @@ cdef class Engine:
                     o_dir[i] = m.dir
                     o_state[i] = CS_TRK | CS_REL | (CS_RPL if m.dir == DIR_REPLY else 0)
                     o_entry[i] = idx
+                    if walk:
+                        _outer_key(m, okey)
+                        _packet_chains(t, m, iface[i], idx, CTS_RELATED, okey)
                     if t.e[idx].status & IPS_NAT_MASK:
                         o_state[i] |= nat_state_bits(&t.e[idx], m.dir)
                         if rewrite:
@@ -971,6 +1147,9 @@ cdef class Engine:
                         st = CS_TRK | CS_EST
                     else:
                         st = CS_TRK | CS_NEW
+                    if walk:
+                        _packet_chains(t, m, iface[i], idx,
+                                       CTS_NEW if st & CS_NEW else CTS_ESTABLISHED, m.k)
                     if e.status & IPS_NAT_MASK:
                         st |= nat_state_bits(e, m.dir)
                         if rewrite:
@@ -980,6 +1159,8 @@ cdef class Engine:
                     o_dir[i] = m.dir
                     continue
                 if v == V_INVALID:
+                    if walk:
+                        _packet_chains(t, m, iface[i], -1, CTS_INVALID, m.k)
                     o_state[i] = CS_INV | CS_TRK
                     o_entry[i] = -1
                     o_dir[i] = m.dir
@@ -1067,17 +1248,20 @@ cdef class Engine:
                     _drop(t, o_state, o_entry, o_dir, i, R_TABLE_FULL)
                     continue
                 self._note(reused, -1, pos0 + i)
-            if t.nat_on:
-                # NAT bindings (prerouting, then postrouting), before the connection is indexed
-                # so that its own tuples are not in the way of the uniqueness checks.
-                nat_setup(t, m.k, iface[i], oif[i] if oif != NULL else -1, idx, &nat)
+            if t.rs_on:
+                # The ruleset's chains and NAT bindings (prerouting, then postrouting), before the
+                # connection is indexed so that its own tuples are not in the way of the
+                # uniqueness checks.
+                _ctx_init(&rc, t, m, iface[i], CTS_NEW, True)
+                nat_setup(t, m.k, &rc, oif[i] if oif != NULL else -1, idx, &nat)
                 if nat.reason != R_VALID:
                     if reused >= 0:
                         self._forget(<uint32_t>reused, pos0 + i)
                     if idx >= 0:
                         e.expires = m.now
                     _drop(t, o_state, o_entry, o_dir, i, nat.reason)
-                    t.stats[ST_INSERT_FAILED] += 1
+                    if nat.reason != R_RULESET_DROP:
+                        t.stats[ST_INSERT_FAILED] += 1
                     continue
             if reused >= 0:
                 # Rebuilt where the room was made (an unindexed entry), so no other entry moves.
@@ -1104,7 +1288,11 @@ cdef class Engine:
             e.status = IPS_CONFIRMED
             e.mark = 0
             e.aux = 0xFFFFFFFF
-            if t.nat_on:
+            if t.rs_on:
+                if rc.mark_set:
+                    e.mark = rc.ct_mark
+                if rc.helper:
+                    e.aux = rc.helper - 1
                 e.status |= nat.status
                 if nat.status & IPS_NAT_MASK:
                     memcpy(t.nat[idx].r, nat.r, 40)

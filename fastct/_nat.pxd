@@ -1,9 +1,9 @@
 # cython: language_level=3
-"""Stage 5a: NAT bindings for a new connection (which translation, and a unique reply tuple).
+"""Stage 5a: a new connection's ruleset walk and NAT bindings (which translation, a unique reply tuple).
 
-A connection's first packet walks the compiled rules (fastct/nat.py, struct nat_rule): the first
-matching prerouting rule may rewrite the destination (dnat, redirect), then the first matching
-postrouting rule the source (snat, masquerade).  As in the kernel (nf_nat_core.c, get_unique_tuple),
+A connection's first packet walks the ruleset's chains (fastct/_rules.pxd): the nat prerouting
+chains may rewrite the destination (dnat, redirect), then the nat postrouting chains the source
+(snat, masquerade); the filter chains between them may set its mark or helper.  As in the kernel (nf_nat_core.c, get_unique_tuple),
 a translation keeps the packet's address or port where the range allows and the resulting tuple is
 unused, else picks an address by hash and walks the port range from a hashed (or random) start.
 Where no postrouting rule applies, the source still gets the kernel's null binding: kept, unless
@@ -27,6 +27,7 @@ from fastct._types cimport *
 from fastct._parse cimport tuple_reverse_k4
 from fastct._flowkey cimport key_hash
 from fastct._table cimport slot_matches, slot_entry, bysrc_hash, SLOT_BYSRC
+from fastct._rules cimport rs_ctx, rs_has, rs_hook, rs_out_iface
 
 cdef enum:
     MANIP_SRC = 0
@@ -81,67 +82,11 @@ cdef inline bint tuple_taken(ct_table *t, const uint64_t *k, int32_t exclude) no
         return True
     return t.oslots != NULL and _taken_in(t, t.oslots, t.omask, &q, exclude)
 
-# ---- rule matching ---------------------------------------------------------------------------
-
-cdef inline bint prefix_match(const uint8_t *addr, const uint8_t *net, uint8_t plen) noexcept nogil:
-    cdef uint8_t whole = plen >> 3, rest = plen & 7
-    if whole and memcmp(addr, net, whole) != 0:
-        return False
-    return rest == 0 or ((addr[whole] ^ net[whole]) & <uint8_t>(0xFF << (8 - rest))) == 0
-
 cdef inline bint nat_has_ports(const ct_table *t, uint8_t proto) noexcept nogil:
     """Protocols whose tuple carries ports NAT may translate (DCCP's only with its own tracker:
     tracked as generic its tuple has none)."""
     return proto == IP_PROTO_TCP or proto == IP_PROTO_UDP or proto == IP_PROTO_UDPLITE or \
         proto == IP_PROTO_SCTP or (proto == IP_PROTO_DCCP and t.dccp_tracker)
-
-cdef inline bint rule_matches(const ct_table *t, const nat_rule *r, const uint64_t *k, int in_if,
-                              int out_if) noexcept nogil:
-    """Whether rule r's matches hold for a connection whose tuple (at this stage) is k."""
-    cdef uint64_t k4 = k[4]
-    cdef uint8_t proto = <uint8_t>(k4 >> 56)
-    cdef uint16_t sport, dport
-    if r.l3 and r.l3 != <uint8_t>(k4 >> 48):
-        return False
-    if r.proto and r.proto != proto:
-        return False
-    if r.zone >= 0 and r.zone != <int32_t>((k4 >> 32) & 0xFFFF):
-        return False
-    if r.in_if >= 0 and r.in_if != in_if:
-        return False
-    if r.out_if >= 0 and r.out_if != out_if:
-        return False
-    if r.src_plen and not prefix_match(<const uint8_t *>&k[0], r.src, r.src_plen):
-        return False
-    if r.dst_plen and not prefix_match(<const uint8_t *>&k[2], r.dst, r.dst_plen):
-        return False
-    if r.sport_lo != 0 or r.sport_hi != 0xFFFF or r.dport_lo != 0 or r.dport_hi != 0xFFFF:
-        if not nat_has_ports(t, proto):
-            return False
-        sport = <uint16_t>(k4 & 0xFFFF)
-        dport = <uint16_t>((k4 >> 16) & 0xFFFF)
-        if sport < r.sport_lo or sport > r.sport_hi or dport < r.dport_lo or dport > r.dport_hi:
-            return False
-    return True
-
-cdef inline int32_t first_match(const ct_table *t, uint8_t stage, const uint64_t *k, int in_if,
-                                int out_if) noexcept nogil:
-    """The first rule of `stage` (notrack rules aside) that matches, or -1."""
-    cdef uint32_t i
-    cdef const nat_rule *r
-    for i in range(t.n_rules):
-        r = &t.rules[i]
-        if r.stage == stage and r.action != NAT_NOTRACK and rule_matches(t, r, k, in_if, out_if):
-            return <int32_t>i
-    return -1
-
-cdef inline bint notrack_match(const ct_table *t, const uint64_t *k, int in_if) noexcept nogil:
-    """Whether a notrack rule matches the packet (checked for every packet, as the raw table is)."""
-    cdef uint32_t i
-    for i in range(t.n_rules):
-        if t.rules[i].action == NAT_NOTRACK and rule_matches(t, &t.rules[i], k, in_if, -1):
-            return True
-    return False
 
 # ---- one manipulation (get_unique_tuple) -----------------------------------------------------
 
@@ -337,57 +282,84 @@ cdef inline bint unique_tuple(ct_table *t, uint64_t *k, uint8_t manip, const nat
             return True
     return _unique_port(t, k, manip, rg, exclude)
 
-cdef inline bint _rule_range(const ct_table *t, const nat_rule *r, uint8_t l3, int in_if,
-                             nat_range *rg) noexcept nogil:
-    """The range rule r maps into; False when it has none (redirect on an interface without an
-    address of the connection's family)."""
-    cdef uint32_t fam
+cdef inline bint _if_address(const ct_table *t, int32_t ifn, uint8_t l3, nat_range *rg) noexcept nogil:
+    """The range of one address: interface ifn's address of family l3; False when it has none."""
+    cdef uint32_t fam = 0 if l3 == L3_IPV4 else 1
+    if ifn < 0 or <uint32_t>ifn >= t.n_if_addr or not (t.if_has[ifn] & (1 << fam)):
+        return False
+    memcpy(rg.amin, t.if_addr + ifn * 32 + fam * 16, 16)
+    memcpy(rg.amax, rg.amin, 16)
+    return True
+
+cdef inline bint _target_range(const ct_table *t, const nat_target *r, uint8_t l3, int32_t iif,
+                               int32_t oif, nat_range *rg) noexcept nogil:
+    """The range target r maps into; False when it has none (redirect or masquerade on an interface
+    without an address of the connection's family: the kernel drops the packet)."""
     rg.pmin = r.to_port_lo
     rg.pmax = r.to_port_hi
     rg.flags = r.flags
     rg.map_ips = 1
     if r.action == NAT_REDIRECT:
-        fam = 0 if l3 == L3_IPV4 else 1
-        if in_if < 0 or <uint32_t>in_if >= t.n_if_addr or not (t.if_has[in_if] & (1 << fam)):
-            return False
-        memcpy(rg.amin, t.if_addr + in_if * 32 + fam * 16, 16)
-        memcpy(rg.amax, rg.amin, 16)
-        return True
+        return _if_address(t, iif, l3, rg)
+    if r.action == NAT_MASQUERADE and (r.flags & NAT_F_IFADDR):
+        return _if_address(t, oif, l3, rg)
     memcpy(rg.amin, r.to_min, 16)
     memcpy(rg.amax, r.to_max, 16)
     return True
 
-cdef inline void nat_setup(ct_table *t, const uint64_t *orig, int in_if, int out_if,
+cdef inline void nat_setup(ct_table *t, const uint64_t *orig, rs_ctx *c, int32_t out_if,
                            int32_t exclude, nat_choice *out) noexcept nogil:
-    """The NAT bindings of a new connection whose original tuple is `orig`: prerouting (dnat,
-    redirect) then postrouting (snat, masquerade, else the null binding).  `exclude` is the entry
-    being rebuilt in place (its own tuples do not count as taken), or -1."""
+    """A new connection whose original tuple is `orig` walks the ruleset in the kernel's order:
+    prerouting chains after conntrack, nat prerouting (dnat, redirect), prerouting chains after it
+    (they see the new destination), routing (the output interface: `out_if` when the caller knows
+    it, else the interface model's route), nat postrouting (snat, masquerade, else the null
+    binding).  `c` carries the packet (iif, meta mark, iplen) and collects what statements set
+    (ct mark, helper); `exclude` is the entry being rebuilt in place (its own tuples do not count as
+    taken), or -1.  out.reason is R_VALID, or why the packet is dropped."""
     cdef uint64_t k[5]
     cdef uint64_t after_dst[5]
-    cdef int32_t ri
     cdef nat_range rg
-    cdef const nat_rule *r
     cdef bint unique = True
+    cdef bint snat = False
+    cdef uint8_t v
+    cdef uint8_t l3 = <uint8_t>(orig[4] >> 48)
     memcpy(k, orig, 40)
     out.reason = R_VALID
-    out.status = IPS_SRC_NAT_DONE | IPS_DST_NAT_DONE
-    ri = first_match(t, 0, k, in_if, -1)
-    if ri >= 0 and t.rules[ri].action != NAT_ACCEPT:
-        r = &t.rules[ri]
-        if not _rule_range(t, r, <uint8_t>(k[4] >> 48), in_if, &rg):
-            out.reason = R_NAT_NO_ADDR
+    out.status = IPS_SRC_NAT_DONE | IPS_DST_NAT_DONE if t.nat_on else 0
+    c.k = k
+    if rs_has(t, HP_PRE) and rs_hook(t, HP_PRE, c) == RV_DROP:
+        out.reason = R_RULESET_DROP
+        return
+    if rs_has(t, HP_DNAT):
+        v = rs_hook(t, HP_DNAT, c)
+        if v == RV_DROP:
+            out.reason = R_RULESET_DROP
             return
-        unique = unique_tuple(t, k, MANIP_DST, &rg, exclude)
+        if v == RV_NAT:
+            if not _target_range(t, &t.targets[c.nat], l3, c.iif, -1, &rg):
+                out.reason = R_NAT_NO_ADDR
+                return
+            unique = unique_tuple(t, k, MANIP_DST, &rg, exclude)
     if not tuple_eq(k, orig):
         out.status |= IPS_DST_NAT
     memcpy(after_dst, k, 40)
-    # Postrouting matches the packet as prerouting left it (its new destination).
-    ri = first_match(t, 1, k, in_if, out_if)
-    if ri >= 0 and t.rules[ri].action != NAT_ACCEPT:
-        r = &t.rules[ri]
-        _rule_range(t, r, <uint8_t>(k[4] >> 48), in_if, &rg)
-        unique = unique_tuple(t, k, MANIP_SRC, &rg, exclude)
-    elif not unique or tuple_taken(t, k, exclude):
+    # Later chains and postrouting see the packet as prerouting left it (its new destination).
+    if rs_has(t, HP_LATE) and rs_hook(t, HP_LATE, c) == RV_DROP:
+        out.reason = R_RULESET_DROP
+        return
+    c.oif = out_if if out_if >= 0 else rs_out_iface(t, k)
+    if rs_has(t, HP_SNAT):
+        v = rs_hook(t, HP_SNAT, c)
+        if v == RV_DROP:
+            out.reason = R_RULESET_DROP
+            return
+        if v == RV_NAT:
+            if not _target_range(t, &t.targets[c.nat], l3, c.iif, c.oif, &rg):
+                out.reason = R_NAT_NO_ADDR
+                return
+            unique = unique_tuple(t, k, MANIP_SRC, &rg, exclude)
+            snat = True
+    if t.nat_on and not snat and (not unique or tuple_taken(t, k, exclude)):
         # Null binding: the source kept (its address is the whole range), its port moved only if
         # the tuple clashes.
         rg.map_ips = 1

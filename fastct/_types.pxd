@@ -55,7 +55,7 @@ cdef extern from "ct_defs.h" nogil:
         R_ICMP_ERROR_DADDR, R_ICMP_UNKNOWN_TYPE, R_CHECKSUM, R_IP_CHECKSUM, R_UDPLITE_NO_CSUM, R_SCTP_INVALID, R_SCTP_NO_NEW
         R_DCCP_INVALID, R_DCCP_NO_NEW, R_GRE_BAD, R_FRAG_NO_ROOM, R_FRAG_BAD, R_FRAG_DUP, R_FRAG_OVERLAP
         R_FRAG_TOO_MANY, R_FRAG_UNALIGNED, R_ICMP_WRONG_FAMILY, R_TABLE_FULL, R_ZONE_LIMIT
-        R_CHAIN_TOO_LONG, R_NAT_NO_TUPLE, R_NAT_NO_ADDR, R_N
+        R_CHAIN_TOO_LONG, R_NAT_NO_TUPLE, R_NAT_NO_ADDR, R_RULESET_DROP, R_N
     enum:
         ST_FOUND, ST_INVALID, ST_INSERT, ST_INSERT_FAILED, ST_DROP, ST_EARLY_DROP, ST_ERROR
         ST_SEARCH_RESTART, ST_CLASH_RESOLVE, ST_CHAINTOOLONG, ST_PACKETS, ST_UNTRACKED, ST_NON_IP
@@ -76,6 +76,28 @@ cdef extern from "ct_defs.h" nogil:
     const int fastct_nat_flag_values[]
     int FASTCT_N_NAT_ACTIONS
     int FASTCT_N_NAT_FLAGS
+    int NAT_F_IFADDR
+    enum:
+        HP_RAW, HP_PRE, HP_DNAT, HP_LATE, HP_SNAT
+    enum:
+        MK_IIF, MK_OIF, MK_SADDR, MK_DADDR, MK_NFPROTO, MK_L4PROTO, MK_SPORT, MK_DPORT, MK_CT_STATE
+        MK_CT_DIR, MK_CT_ZONE, MK_CT_MARK, MK_META_MARK
+    enum:
+        RV_CONTINUE, RV_ACCEPT, RV_DROP, RV_RETURN, RV_JUMP, RV_GOTO, RV_NAT
+    enum:
+        RS_COUNTER, RS_CT_MARK, RS_META_MARK, RS_CT_ZONE, RS_NOTRACK, RS_HELPER
+    int FASTCT_RS_N_HOOKS
+    int FASTCT_RS_N_KEYS
+    int FASTCT_RS_N_VERDICTS
+    int FASTCT_RS_N_STMTS
+    const char *fastct_rs_hook_names[]
+    const int fastct_rs_hook_values[]
+    const char *fastct_rs_key_names[]
+    const int fastct_rs_key_values[]
+    const char *fastct_rs_verdict_names[]
+    const int fastct_rs_verdict_values[]
+    const char *fastct_rs_stmt_names[]
+    const int fastct_rs_stmt_values[]
     const char *fastct_tcp_state_names[]
     const char *fastct_sctp_state_names[]
     const char *fastct_dccp_state_names[]
@@ -203,33 +225,67 @@ cdef struct pkt_meta:
     uint16_t frag_unfrag    # fragments: bytes before the fragmentable part (IPv4 header, IPv6
                             # header + extension headers before the Fragment header)
     uint16_t frag_l4off     # first fragments: where the transport header starts in the data
+    uint32_t meta_mark      # the packet mark (skb->mark): 0, or what a ruleset's raw chain set
 
 # One NAT rule, compiled from fastct.nat's Python rules into a flat array the batch loop scans
 # (first match wins per stage).  Addresses in network order, IPv4 in bytes 0-3 (as ct_entry); port
 # ranges inclusive, in host order.  The numpy dtype is derived from this struct (NAT_RULE_DTYPE).
-cdef struct nat_rule:
-    uint8_t src[16]         # 0   match: source network (a prefix of src_plen bits; 0 any)
-    uint8_t dst[16]         # 16  match: destination network (dst_plen bits)
-    uint8_t to_min[16]      # 32  action: first address of the range (masquerade: the output
-                            #     interface's address; redirect: unused, the input interface's)
-    uint8_t to_max[16]      # 48  action: last address of the range
-    int32_t zone            # 64  match: zone, -1 any
-    int16_t in_if           # 68  match: input interface number, -1 any
-    int16_t out_if          # 70  match: output interface number, -1 any
-    uint16_t sport_lo       # 72  match: source port range (0-65535 any; TCP, UDP, UDP-Lite, SCTP, DCCP)
-    uint16_t sport_hi       # 74
-    uint16_t dport_lo       # 76  match: destination port range
-    uint16_t dport_hi       # 78
-    uint16_t to_port_lo     # 80  action: port range (0, 0: keep the port when it is free)
-    uint16_t to_port_hi     # 82
-    uint8_t src_plen        # 84
-    uint8_t dst_plen        # 85
-    uint8_t l3              # 86  match: 0 any, L3_IPV4, L3_IPV6
-    uint8_t proto           # 87  match: IP protocol, 0 any
-    uint8_t stage           # 88  0 prerouting (dnat, redirect, notrack), 1 postrouting (snat, masquerade)
-    uint8_t action          # 89  NAT_* (include/ct_defs.h)
-    uint8_t flags           # 90  NAT_F_* bits; hash-based port choice when neither random flag
-    uint8_t _pad[5]         # 91  (to 96 bytes)
+cdef struct nat_target:
+    uint8_t to_min[16]      # 0  first address of the range (masquerade with NAT_F_IFADDR, redirect:
+                            #    unused, the output / input interface's address is taken)
+    uint8_t to_max[16]      # 16 last address of the range
+    uint16_t to_port_lo     # 32 port range (0, 0: keep the port when it is free)
+    uint16_t to_port_hi     # 34
+    uint8_t action          # 36 NAT_SNAT, NAT_DNAT, NAT_MASQUERADE, NAT_REDIRECT (include/ct_defs.h)
+    uint8_t flags           # 37 NAT_F_* bits; hash-based port choice when neither random flag
+    uint8_t l3              # 38 the family its addresses are (0 any): on a packet of the other
+                            #    family the rule does not match (nft's `snat ip to` in an inet table)
+    uint8_t _pad            # 39 (to 40 bytes)
+
+# A ruleset compiled for the batch loop (fastct/rules_compile.py builds it, fastct/_rules.pxd walks
+# it): chains of rules, rules of matches.  Every array is a numpy array the engine keeps.
+cdef struct rs_match:
+    uint8_t key             # 0  MK_* (include/ct_defs.h): what is tested
+    uint8_t neg             # 1  1: the value must lie in none of the ranges
+    uint8_t l3              # 2  address keys: the family of the ranges (packets of the other never match)
+    uint8_t _pad            # 3
+    uint32_t mask           # 4  the value is ANDed with this first (marks); MK_CT_STATE: the bits wanted
+    uint32_t first          # 8  first range: rs_arange for address keys, rs_irange for the others
+    uint32_t count          # 12 ranges (0 for MK_CT_STATE, a bit test)
+
+cdef struct rs_irange:
+    uint32_t lo             # 0 inclusive
+    uint32_t hi             # 4
+
+cdef struct rs_arange:
+    uint8_t lo[16]          # 0  inclusive, ct_entry's address layout (big-endian, IPv4 in bytes 0-3)
+    uint8_t hi[16]          # 16
+
+cdef struct rs_rule:
+    uint32_t m_first        # 0  matches[m_first : m_first + m_count], all must hold
+    uint16_t m_count        # 4
+    uint16_t stmts          # 6  RS_* bits: statements run when the matches hold
+    uint32_t ct_mark        # 8  ct mark set
+    uint32_t meta_mark      # 12 meta mark set
+    int32_t target          # 16 RV_JUMP / RV_GOTO: chain; RV_NAT: nat_target
+    uint16_t zone           # 20 ct zone set
+    uint8_t verdict         # 22 RV_*
+    uint8_t helper          # 23 ct helper set: helper number
+    uint32_t _pad[2]        # 24 (to 32 bytes)
+
+cdef struct rs_chain:
+    uint32_t first          # 0 rules[first : first + count]
+    uint32_t count          # 4
+    uint8_t policy          # 8 RV_ACCEPT or RV_DROP: a base chain's verdict when no rule decides
+    uint8_t _pad[3]         # 9 (to 12 bytes)
+
+# A route of the interface model: destinations in prefix/plen leave by interface `oif` (longest
+# prefix first in the array, so the first match wins).
+cdef struct rs_route:
+    uint8_t prefix[16]      # 0
+    uint8_t l3              # 16 L3_IPV4 / L3_IPV6
+    uint8_t plen            # 17
+    int16_t oif             # 18 gateway interface number
 
 # The NAT side record of a connection whose reply tuple NAT changed, in an array parallel to the
 # entries (allocated with the first NAT rules; pages of connections without NAT are never touched).
@@ -278,11 +334,25 @@ cdef struct ct_table:
     ct_nat *nat             # NAT side records parallel to e (NULL until NAT rules are set)
     uint32_t nat_live       # index slots NAT'd connections hold besides their own (reply tuple;
                             # by source, for source NAT)
-    const nat_rule *rules   # compiled NAT rules: prerouting ones first, then postrouting
-    uint32_t n_rules
-    uint32_t nat_on         # NAT rules are set: every new connection gets its bindings
-    uint32_t n_notrack      # notrack rules among them (checked for every packet)
-    const uint8_t *if_addr  # per interface: IPv4 then IPv6 address (32 bytes), for redirect
+    uint32_t nat_on         # a nat chain exists: every new connection gets its bindings (at
+                            # least the null binding), as once the kernel's NAT hooks are in
+    uint32_t rs_on          # a ruleset is set: new connections walk its chains
+    const rs_chain *chains  # the ruleset (NULL: none); see rs_rule
+    const rs_rule *rules
+    const rs_match *matches
+    const rs_irange *iranges
+    const rs_arange *aranges
+    const nat_target *targets
+    const uint32_t *base    # base chains, grouped by hook point, each group in priority order
+    uint32_t hp_first[6]    # base[hp_first[h] : hp_first[h + 1]] run at hook point h (HP_*)
+    uint64_t *rule_counters # per rule: packets, bytes (its `counter` statement)
+    const int16_t *iif_map  # capture interface -> gateway interface (NULL: the same number)
+    uint32_t n_iif_map
+    const rs_route *routes  # the output interface of a destination (interface model)
+    uint32_t n_routes
+    int32_t default_oif     # where destinations no route holds leave (-1: unknown)
+    const uint8_t *if_addr  # per gateway interface: IPv4 then IPv6 address (32 bytes), for
+                            # redirect (input interface) and masquerade (output interface)
     const uint8_t *if_has   # per interface: bit 0 an IPv4 address is set, bit 1 an IPv6 one
     uint32_t n_if_addr
     uint64_t rng            # xorshift64 state for random and fully-random port searches

@@ -80,14 +80,103 @@ def build_parser() -> argparse.ArgumentParser:
                           "conntrack -L --src-nat")
     nat.add_argument("--dst-nat", nargs="?", const=True, default=None, metavar="ADDR",
                      help="list only connections whose destination NAT changed them (to ADDR)")
+    _ruleset_arguments(t)
+    t.add_argument("--show-rules", action="store_true",
+                   help="after the table, print the compiled rules with each rule's packet and byte "
+                        "counters (as `fastct rules`)")
     t.add_argument("--batch-size", type=_int_arg(1, 1 << 20, "--batch-size"), default=4096,
                    help="packets per batch (results do not depend on it)")
     t.add_argument("--seed", type=_int_arg(0, 2**63 - 1, "--seed"), default=None,
                    help="hash seed (default random)")
+    r = sub.add_parser("rules", help="parse a ruleset and print the rules as fastct compiled them",
+                       description="Read an nftables or iptables-save ruleset, check it against the "
+                                   "interface model, and print the compiled chains: hook, priority, "
+                                   "and each rule's matches, statements and verdict.")
+    _ruleset_arguments(r)
     b = sub.add_parser("bench", help="run the benchmark scenarios")
     from fastct.bench import add_arguments
     add_arguments(b)
     return p
+
+
+def _ruleset_arguments(p) -> None:
+    g = p.add_argument_group(
+        "rulesets and interfaces",
+        "NAT, notrack, marks and helpers as the gateway's ruleset says (see the README's interface "
+        "model): a packet comes in on its pcapng interface (by name) or --in-iface, and leaves by "
+        "the --iface whose prefix holds its destination, else --out-iface")
+    g.add_argument("--nft", metavar="FILE", help="an nftables ruleset (`nft list ruleset` output or "
+                                                 "a file for `nft -f`)")
+    g.add_argument("--iptables", metavar="FILE", help="iptables-save or ip6tables-save output "
+                                                      "(its nat and raw tables)")
+    g.add_argument("--ip6tables", action="store_true",
+                   help="with --iptables: the file is ip6tables-save output (default: guessed from "
+                        "its addresses)")
+    g.add_argument("--iface", action="append", default=[], metavar="NAME=ADDR[/PREFIX]",
+                   help="a gateway interface, its address and connected prefix (repeatable; IPv4 "
+                        "and IPv6)")
+    g.add_argument("--in-iface", metavar="NAME",
+                   help="the interface a classic pcap's packets came in on")
+    g.add_argument("--out-iface", metavar="NAME",
+                   help="the interface of the default route (destinations no --iface prefix holds)")
+
+
+def _load_ruleset(args):
+    """(ruleset or None, interface model or None) from the ruleset options; UsageError on bad
+    input."""
+    from fastct.interfaces import Interfaces
+    from fastct.ruleset import RulesetError
+    if args.nft and args.iptables:
+        raise UsageError("--nft and --iptables: give one ruleset")
+    if args.ip6tables and not args.iptables:
+        raise UsageError("--ip6tables needs --iptables FILE")
+    try:
+        model = Interfaces.from_cli(args.iface, args.in_iface, args.out_iface)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    ruleset = None
+    try:
+        if args.nft:
+            from fastct.nft import load_nft_file
+            ruleset = load_nft_file(args.nft)
+        elif args.iptables:
+            from fastct.iptables import load_iptables_file
+            ruleset = load_iptables_file(args.iptables, 6 if args.ip6tables else None)
+    except RulesetError as exc:
+        raise UsageError(str(exc)) from None
+    has_model = bool(args.iface or args.in_iface or args.out_iface)
+    return ruleset, (model if ruleset is not None or has_model else None)
+
+
+def _ruleset_warnings(ruleset, prog, err) -> None:
+    for line in list(ruleset.warnings) + list(prog.warnings):
+        err.write(f"fastct: warning: {line}\n")
+    for h in ruleset.helpers:
+        used = any(r.ct_helper_set == h.name for c in ruleset.chains if (c.family, c.table) ==
+                   (h.family, h.table) for r in c.rules)
+        if used:
+            err.write(f"fastct: warning: {h.loc or ruleset.source}: ct helper {h.name!r} (type "
+                      f"{h.type}): its connections show helper={h.type}, but what the {h.type} "
+                      f"helper does to related connections is not modelled yet\n")
+
+
+def cmd_rules(args) -> int:
+    from fastct.rules_compile import compile_ruleset, describe
+    from fastct.ruleset import RulesetError
+    ruleset, model = _load_ruleset(args)
+    if ruleset is None:
+        raise UsageError("fastct rules needs --nft FILE or --iptables FILE")
+    try:
+        prog = compile_ruleset(ruleset, model)
+    except RulesetError as exc:
+        raise UsageError(str(exc)) from None
+    _ruleset_warnings(ruleset, prog, sys.stderr)
+    out = sys.stdout
+    out.write(f"# {ruleset.source}: {len(prog.chain_list)} chains, {len(prog.rule_info)} rules\n")
+    if model is not None and model.names:
+        out.write("interfaces:\n" + "\n".join(model.describe()) + "\n")
+    out.write("\n".join(describe(prog)) + "\n")
+    return EXIT_OK
 
 
 def main(argv=None) -> int:
@@ -96,6 +185,8 @@ def main(argv=None) -> int:
     try:
         if args.command == "track":
             return cmd_track(args)
+        if args.command == "rules":
+            return cmd_rules(args)
         if args.command == "bench":
             from fastct.bench import run
             return run(args)
@@ -141,6 +232,14 @@ def cmd_track(args) -> int:
             policies.setdefault(zone, {})[name] = seconds
         limits = dict(_zone_limit(text) for text in args.zone_limit)
         rules = NatRules.from_cli(snat=args.snat, dnat=args.dnat, masquerade=args.masquerade)
+        ruleset, model = _load_ruleset(args)
+        if ruleset is not None and len(rules):
+            raise ValueError("--snat/--dnat/--masquerade and a ruleset file: put the NAT rules in "
+                             "the ruleset")
+        if args.show_rules and ruleset is None and not len(rules):
+            raise ValueError("--show-rules needs a ruleset (--nft, --iptables) or NAT options")
+        if ruleset is None and len(rules):
+            ruleset = rules.to_ruleset()
         for option, value in (("--src-nat", args.src_nat), ("--dst-nat", args.dst_nat)):
             if isinstance(value, str):
                 try:
@@ -151,9 +250,13 @@ def cmd_track(args) -> int:
             raise ValueError("--drop-invalid needs -w FILE (it leaves packets out of that file)")
         tracker = Tracker(max_conns=args.max_conns, seed=args.seed, sysctl=sysctl,
                           timeout_policies=policies, dccp_tracker=args.dccp_tracker,
-                          zone_limits=limits, nat=rules if len(rules) else None)
-    except ValueError as exc:
+                          zone_limits=limits)
+        if ruleset is not None:
+            tracker.set_ruleset(ruleset, model)
+    except ValueError as exc:          # (RulesetError is one)
         raise UsageError(str(exc)) from None
+    if ruleset is not None and ruleset.source != "NatRules":
+        _ruleset_warnings(ruleset, tracker.program, sys.stderr)
     error = None
     interrupted = False
     reader = None
@@ -161,12 +264,20 @@ def cmd_track(args) -> int:
     inv = CT_STATE_BITS["inv"]
     try:
         reader = CaptureReader(args.file, batch_size=args.batch_size, writable=bool(args.write))
+        if model is not None:
+            _capture_interfaces(tracker, args.file, reader.format)
+        known = None
         if args.write:
             try:
                 writer = CaptureWriter(args.write, reader)
             except (OSError, ValueError) as exc:
                 raise UsageError(f"-w {args.write}: {getattr(exc, 'strerror', None) or exc}") from None
         for batch in reader:
+            if model is not None and len(reader.interfaces) != known:
+                # An interface first described after the first packet (pcapng): its name joins
+                # the model; rules were checked against the names known at the start.
+                known = len(reader.interfaces)
+                _set_capture_interfaces(tracker, reader.interfaces, reader.format)
             r = tracker.process(batch, zone=args.zone, zone_from_vlan=args.zone_from == "vlan",
                                 rewrite=writer is not None)
             if writer is not None:
@@ -192,12 +303,16 @@ def cmd_track(args) -> int:
     for kind, value in (("src", args.src_nat), ("dst", args.dst_nat)):
         if value is not None:
             keep &= nat_filter(entries, replies, kind, None if value is True else value)
-    lines = format_table(entries[keep], replies[keep], start[keep], tracker.now)
+    lines = format_table(entries[keep], replies[keep], start[keep], tracker.now,
+                         tracker.helper_names())
     out = sys.stdout
     if lines:
         out.write("\n".join(lines) + "\n")
     if args.stats:
         out.write(format_stats(stats) + "\n" + format_fastct_stats(stats) + "\n")
+    if args.show_rules:
+        from fastct.rules_compile import describe
+        out.write("\n".join(describe(tracker.program, counters=True)) + "\n")
     out.flush()
     err = sys.stderr
     err.write(f"fastct {__version__}: {len(lines)} flow entries have been shown.\n")
@@ -224,6 +339,30 @@ def cmd_track(args) -> int:
     if reader is not None:
         reader.close()
     return status
+
+
+def _set_capture_interfaces(tracker, interfaces, fmt) -> None:
+    from fastct.ruleset import RulesetError
+    try:
+        tracker.set_capture_interfaces(interfaces, classic=fmt == "pcap")
+    except (RulesetError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _capture_interfaces(tracker, path, fmt) -> None:
+    """Compile the ruleset with the capture's interface names before the first packet: a pcapng
+    file's interfaces described before its first packet (read by a second, throwaway reader)."""
+    from fastct.capture.reader import CaptureError, CaptureReader
+    interfaces = []
+    if fmt == "pcapng":
+        try:
+            with CaptureReader(path, batch_size=1) as peek:
+                for _ in peek:
+                    break
+                interfaces = peek.interfaces
+        except CaptureError:
+            interfaces = []            # (the main reader reports the damage)
+    _set_capture_interfaces(tracker, interfaces, fmt)
 
 
 if __name__ == "__main__":

@@ -44,9 +44,9 @@ def _l4_fields(proto: int, sport: int, dport: int, state: int) -> str:
     return ""
 
 
-def format_entry(e, reply, start_ns: int, now_ns: int) -> str:
+def format_entry(e, reply, start_ns: int, now_ns: int, helpers=()) -> str:
     """One line; `reply` is the entry's reply tuple (Tracker.replies), translated where NAT
-    changed it."""
+    changed it; `helpers` maps an entry's aux (helper number) to the helper's name."""
     l3 = int(e["l3"])
     proto = int(e["proto"])
     sport, dport = int(e["sport"]), int(e["dport"])
@@ -71,16 +71,22 @@ def format_entry(e, reply, start_ns: int, now_ns: int) -> str:
     parts.append(f"mark={int(e['mark'])} ")
     if int(e["zone"]):
         parts.append(f"zone={int(e['zone'])} ")
-    parts.append(f"delta-time={now_ns // NS - start_ns // NS} use=1")
+    parts.append(f"delta-time={now_ns // NS - start_ns // NS} ")
+    aux = int(e["aux"])
+    if aux < len(helpers):
+        parts.append(f"helper={helpers[aux]} ")
+    parts.append("use=1")
     return "".join(parts)
 
 
-def format_table(entries: np.ndarray, replies: np.ndarray, start: np.ndarray, now_ns: int) -> list[str]:
+def format_table(entries: np.ndarray, replies: np.ndarray, start: np.ndarray, now_ns: int,
+                 helpers=()) -> list[str]:
     """conntrack -L -o extended lines for the entries alive at now_ns, oldest first; `replies`
-    and `start` are parallel to `entries` (Tracker.replies, Tracker.cold()["start"])."""
+    and `start` are parallel to `entries` (Tracker.replies, Tracker.cold()["start"]); `helpers`
+    as Tracker.helper_names()."""
     alive = entries["expires"] > now_ns
     entries, replies, start = entries[alive], replies[alive], start[alive]
-    return [format_entry(entries[i], replies[i], int(start[i]), now_ns)
+    return [format_entry(entries[i], replies[i], int(start[i]), now_ns, helpers)
             for i in order_oldest_first(entries, start)]
 
 

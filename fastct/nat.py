@@ -1,11 +1,12 @@
-"""NAT rules: validated in Python, compiled to a flat array of `nat_rule` for the batch loop.
+"""NAT rules: validated in Python, run by the batch loop as a ruleset (fastct.ruleset).
 
 The engine applies the compiled rules (fastct/_nat.pxd) and rewrites packets (fastct/_rewrite.pxd);
 `fastct track --snat/--dnat/--masquerade` builds them with NatRules.from_cli.  A rule says which
 new connections it applies to (zone, interfaces, networks, protocol, ports) and what to do with
-them (snat, dnat, masquerade, redirect, notrack, accept).  `NatRules.compile()` lays the rules out as `fastct._engine.NAT_RULE_DTYPE` (the C struct
-`nat_rule` of fastct/_types.pxd, whose comments define every field's encoding); action and flag
+them (snat, dnat, masquerade, redirect, notrack, accept).  `NatRules.to_ruleset()` turns them into
+chains (fastct/rules_compile.py compiles those for the engine); action and flag
 numbers come from include/ct_defs.h through `fastct._engine.names()`, never restated here.
+The engine runs them as a ruleset (`NatRules.to_ruleset()`, fastct/rules_compile.py).
 
 Semantics the rules follow (the kernel's NAT, as iptables' nat table and nftables' nat chains use it):
 
@@ -42,7 +43,7 @@ Decisions where the syntax or the tools differ (sources in brackets):
   is the struct's "keep the port".  Service names (iptables takes `http`) and shifted port maps
   (`PORT-PORT/BASE`, DNAT revision 2) are not supported.
 - An address is required: iptables' DNAT accepts a port alone (`:8080`, translate only the port),
-  but `nat_rule` has no way to say "keep the address".
+  but a NAT target (`nat_target`, fastct/_types.pxd) has no way to say "keep the address".
 - Masquerade takes the address of the output interface (fastct sees captures, not interfaces): one
   address, optionally ports and random/fully-random, as iptables' MASQUERADE (--to-ports, --random,
   --random-fully; it has no --persistent, which with one address would do nothing).
@@ -63,9 +64,8 @@ from fastct.tracker import AF_INET, AF_INET6, PORT_PROTOCOLS, PROTOCOLS
 _NAMES = _engine.names()
 NAT_ACTIONS: dict[str, int] = dict(_NAMES["nat_actions"])
 NAT_FLAGS: dict[str, int] = dict(_NAMES["nat_flags"])
-NAT_RULE_DTYPE = _engine.NAT_RULE_DTYPE
 
-# nat_rule.stage (fastct/_types.pxd).
+# The two NAT stages (the nat chains' hooks).
 STAGES: dict[str, int] = {"prerouting": 0, "postrouting": 1}
 
 # Where each action may run: iptables' DNAT/REDIRECT are valid in PREROUTING (and OUTPUT), SNAT and
@@ -82,7 +82,7 @@ _TAKES_FLAGS = {"snat": set(NAT_FLAGS), "dnat": set(NAT_FLAGS),
                 "masquerade": set(NAT_FLAGS) - {"persistent"},
                 "redirect": set(NAT_FLAGS) - {"persistent"}}
 
-# Port matches: the protocols whose headers carry ports (nat_rule.sport_lo's comment): TCP, UDP,
+# Port matches: the protocols whose headers carry ports: TCP, UDP,
 # UDP-Lite, SCTP, DCCP.  A translated port range also applies to ICMP/ICMPv6 echo ids, which the
 # kernel's NAT rewrites like ports (and iptables accepts with -p icmp).
 MATCH_PORT_PROTOCOLS = frozenset(PORT_PROTOCOLS | {PROTOCOLS["dccp"]})
@@ -553,7 +553,7 @@ class NatRules:
 
     >>> rules = NatRules.from_cli(snat=["203.0.113.1"], dnat=["10.0.0.5:8080"])
     >>> rules.add(NatRule(action="accept", stage="postrouting", dst="10.0.0.0/8"))
-    >>> table = rules.compile()          # numpy array of NAT_RULE_DTYPE for the engine
+    >>> ruleset = rules.to_ruleset()     # the chains the engine runs
     """
 
     def __init__(self, rules: Iterable[NatRule] = ()):
@@ -580,7 +580,7 @@ class NatRules:
         return tuple(r for r in self._rules if r.stage == name)
 
     def ordered(self) -> list[NatRule]:
-        """The rules in compile() order: prerouting, then postrouting, each in insertion order."""
+        """The rules in the order they are tried: prerouting, then postrouting, each in insertion order."""
         return sorted(self._rules, key=lambda r: STAGES[r.stage])     # stable
 
     def __iter__(self) -> Iterator[NatRule]:
@@ -592,33 +592,48 @@ class NatRules:
     def __repr__(self) -> str:
         return f"NatRules({self._rules!r})"
 
-    def compile(self) -> np.ndarray:
-        """The rules as a structured array of NAT_RULE_DTYPE, prerouting rules first, then
-        postrouting, each stage in insertion order (the order the engine scans them)."""
-        rules = self.ordered()
-        out = np.zeros(len(rules), dtype=NAT_RULE_DTYPE)
-        for i, r in enumerate(rules):
-            out["src"][i] = _addr16(None if r.src is None else r.src.network_address)
-            out["dst"][i] = _addr16(None if r.dst is None else r.dst.network_address)
-            out["src_plen"][i] = 0 if r.src is None else r.src.prefixlen
-            out["dst_plen"][i] = 0 if r.dst is None else r.dst.prefixlen
-            out["to_min"][i] = _addr16(r.to_min)
-            out["to_max"][i] = _addr16(r.to_max)
-            out["zone"][i] = -1 if r.zone is None else r.zone
-            out["in_if"][i] = -1 if r.in_if is None else r.in_if
-            out["out_if"][i] = -1 if r.out_if is None else r.out_if
-            out["sport_lo"][i], out["sport_hi"][i] = r.sport or (0, 65535)
-            out["dport_lo"][i], out["dport_hi"][i] = r.dport or (0, 65535)
-            out["to_port_lo"][i], out["to_port_hi"][i] = r.to_ports or (0, 0)
-            out["l3"][i] = r.l3
-            out["proto"][i] = r.proto
-            out["stage"][i] = STAGES[r.stage]
-            out["action"][i] = NAT_ACTIONS[r.action]
-            flags = 0
-            for name in r.flags:
-                flags |= NAT_FLAGS[name]
-            out["flags"][i] = flags
-        return out
+    def to_ruleset(self):
+        """These rules as a fastct.ruleset.Ruleset (what the engine runs): table inet fastct with a
+        raw prerouting chain (notrack rules), a nat prerouting chain (dnat, redirect, accept) and a
+        nat postrouting chain (snat, masquerade, accept), each rule in insertion order.  Both nat
+        chains exist even when empty, so that every new connection gets its bindings (at least the
+        null binding), as in the kernel once NAT is in use."""
+        from fastct.ruleset import Chain, Match, NatTarget, Rule, Ruleset
+        raw = Chain("inet", "fastct", "raw", type="filter", hook="prerouting", priority=-300)
+        pre = Chain("inet", "fastct", "prerouting", type="nat", hook="prerouting", priority=-100)
+        post = Chain("inet", "fastct", "postrouting", type="nat", hook="postrouting", priority=100)
+        for r in self._rules:
+            m: list = []
+            if r.zone is not None:
+                m.append(Match("ct zone", ((r.zone, r.zone),)))
+            if r.in_if is not None:
+                m.append(Match("iif", (r.in_if,)))
+            if r.out_if is not None:
+                m.append(Match("oif", (r.out_if,)))
+            if r.l3 and r.src is None and r.dst is None:
+                m.append(Match("nfproto", (4 if r.l3 == AF_INET else 6,)))
+            for key, net in (("saddr", r.src), ("daddr", r.dst)):
+                if net is not None:
+                    m.append(Match(key, ((net.network_address, net.broadcast_address),)))
+            if r.proto:
+                m.append(Match("l4proto", ((r.proto, r.proto),)))
+            for key, ports in (("sport", r.sport), ("dport", r.dport)):
+                if ports is not None:
+                    m.append(Match(key, (ports,)))
+            rule = Rule(matches=tuple(m))
+            if r.action == "notrack":
+                rule.notrack = True
+                raw.rules.append(rule)
+                continue
+            if r.action == "accept":
+                rule.verdict = "accept"
+            else:
+                fam = r.to_min.version if r.to_min is not None else \
+                    {AF_INET: 4, AF_INET6: 6}.get(r.l3)
+                rule.nat = NatTarget(r.action, r.to_min, r.to_max, r.to_ports, r.flags, fam)
+            (pre if r.stage == "prerouting" else post).rules.append(rule)
+        chains = ([raw] if raw.rules else []) + [pre, post]
+        return Ruleset(chains=chains, source="NatRules")
 
     @classmethod
     def from_cli(cls, snat: Iterable[str] = (), dnat: Iterable[str] = (),

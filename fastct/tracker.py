@@ -213,6 +213,9 @@ class Tracker:
             self.set_zone_limits(zone_limits)
         self.linktype_skipped = np.zeros(65536, dtype=np.uint64)
         self._nat = None
+        self._program = None
+        self._ruleset = None
+        self._iface_model = None
         if nat is not None:
             self.set_nat(nat)
         self._interfaces: dict[int, list] = {}
@@ -324,21 +327,83 @@ class Tracker:
     # ---- NAT ------------------------------------------------------------------------------
     def set_nat(self, rules) -> None:
         """NAT rules for new connections (fastct.nat.NatRules, an iterable of NatRule, or None
-        for none).  Connections already in the table keep the bindings they got."""
+        for none).  Connections already in the table keep the bindings they got.  This replaces
+        any ruleset set before (set_ruleset)."""
         from fastct.nat import NatRules
         if rules is None:
             self._nat = None
-            self._engine.set_nat_rules(None)
+            self.set_ruleset(None)
             return
         if not isinstance(rules, NatRules):
             rules = NatRules(rules)
-        self._engine.set_nat_rules(rules.compile())
+        self.set_ruleset(rules.to_ruleset())
         self._nat = rules
 
     @property
     def nat(self):
         """The NAT rules in use (a NatRules), or None."""
         return self._nat
+
+    def set_ruleset(self, ruleset, interfaces=None) -> None:
+        """A ruleset (fastct.ruleset.Ruleset, as fastct.nft / fastct.iptables parse them, or None
+        for none) and the interface model its interface names refer to (fastct.interfaces.
+        Interfaces; None: interfaces are the batch's iface numbers).  Raises
+        fastct.ruleset.RulesetError when the ruleset cannot run.  Rule counters start at zero."""
+        from fastct.rules_compile import compile_ruleset
+        self._nat = None
+        if ruleset is None:
+            self._program = None
+            self._ruleset = None
+            self._engine.set_ruleset(None)
+            return
+        prog = compile_ruleset(ruleset, interfaces)
+        self._engine.set_ruleset(prog)
+        if prog.addresses is not None:
+            self._engine.set_interface_addresses(*prog.addresses)
+        self._program = prog
+        self._ruleset = ruleset
+        self._iface_model = interfaces
+
+    def load_nft(self, text: str, interfaces=None, source: str = "<nft>") -> None:
+        """An nftables ruleset, as `nft list ruleset` prints it or as written by hand (fastct.nft)."""
+        from fastct.nft import parse_nft
+        self.set_ruleset(parse_nft(text, source), interfaces)
+
+    def load_iptables(self, text: str, interfaces=None, family: int | None = None,
+                      source: str = "<iptables>") -> None:
+        """The nat and raw tables of iptables-save / ip6tables-save output (fastct.iptables)."""
+        from fastct.iptables import parse_iptables
+        self.set_ruleset(parse_iptables(text, source, family), interfaces)
+
+    def set_capture_interfaces(self, interfaces, classic: bool) -> None:
+        """The capture's interfaces (CaptureReader.interfaces) for the interface model: recompiles
+        the ruleset with their names, keeping its counters."""
+        if self._program is None or self._iface_model is None:
+            return
+        from fastct.rules_compile import compile_ruleset
+        counters = self._program.counters
+        prog = compile_ruleset(self._ruleset, self._iface_model.with_capture(interfaces, classic))
+        prog.counters = counters
+        self._engine.set_ruleset(prog)
+        if prog.addresses is not None:
+            self._engine.set_interface_addresses(*prog.addresses)
+        self._program = prog
+
+    @property
+    def program(self):
+        """The compiled ruleset in use (fastct.rules_compile.Program: its rules, counters and
+        warnings), or None."""
+        return self._program
+
+    def rule_counters(self) -> np.ndarray:
+        """Per compiled rule: packets and bytes its `counter` statement counted (uint64[rules, 2])."""
+        if self._program is None:
+            return np.zeros((0, 2), dtype=np.uint64)
+        return self._program.counters.copy()
+
+    def helper_names(self) -> list[str]:
+        """Helper number (an entry's `aux`, 0xFFFFFFFF none) -> the helper's type, e.g. 'ftp'."""
+        return [] if self._program is None else list(self._program.helpers)
 
     def set_interface_addresses(self, interfaces: dict) -> None:
         """The gateway's own addresses per interface number (the batch's iface): {number: address
@@ -374,7 +439,7 @@ class Tracker:
         if not isinstance(batch, Batch):
             raise TypeError("process() takes a fastct.Batch")
         if rewrite is None:
-            rewrite = self._nat is not None
+            rewrite = self._program is not None and self._program.nat_on
         if rewrite and not batch.buf.flags.writeable:
             raise ValueError("NAT rewrites packets in place, but this batch's buffer is read-only "
                              "(read the capture with writable=True, or pass rewrite=False for "

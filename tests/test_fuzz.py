@@ -49,6 +49,7 @@ from hypothesis import strategies as st
 
 from conftest import run_cli
 from dpkt import crc32c as crc32c_mod
+from fastct.rules_compile import compile_ruleset
 from fastct import CT_STATE_BITS as B, Batch, Tracker
 from fastct import cli, nat, sysctl
 from fastct.capture.reader import CaptureError, CaptureReader
@@ -1358,8 +1359,8 @@ def _check_rule(rule):
         lo, hi = rule.to_ports
         assert 1 <= lo <= hi <= 65535
     assert rule.flags <= set(nat.NAT_FLAGS)
-    arr = nat.NatRules([rule]).compile()
-    assert len(arr) == 1
+    prog = compile_ruleset(nat.NatRules([rule]).to_ruleset())
+    assert len(prog.rules) == 1 and len(prog.targets) == 1
 
 
 @fuzz(400)
@@ -1384,7 +1385,7 @@ def test_nat_rules_from_cli(snat, dnat, masq):
         return
     for r in rules:
         _check_rule(r)
-    assert len(rules.compile()) == len(rules)
+    assert len(compile_ruleset(rules.to_ruleset()).rules) == len(rules)
 
 
 sysctl_names = st.sampled_from(sysctl.known_names() + ["net.netfilter.nf_conntrack_tcp_loose", "nf_conntrack_helper",

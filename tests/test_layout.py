@@ -1,5 +1,6 @@
 """The numpy dtype of an entry is derived from the C struct; check they agree byte for byte."""
 import numpy as np
+import pytest
 
 from fastct import _engine
 from fastct.tracker import ENTRY_DTYPE, COLD_DTYPE
@@ -46,9 +47,15 @@ def test_memory_per_connection_within_target():
     assert t.memory_bytes() <= 1_000_000 * (ENTRY_DTYPE.itemsize + COLD_DTYPE.itemsize) + slots * 8
 
 
-def test_nat_rule_dtype_matches_c_struct():
-    layout = _engine.nat_rule_layout()
-    dtype = _engine.NAT_RULE_DTYPE
-    assert dtype.itemsize == layout.pop("__size__") == 96
+@pytest.mark.parametrize("struct,dtype_name,size", [
+    ("nat_target", "NAT_TARGET_DTYPE", 40), ("rs_match", "RS_MATCH_DTYPE", 16),
+    ("rs_irange", "RS_IRANGE_DTYPE", 8), ("rs_arange", "RS_ARANGE_DTYPE", 32),
+    ("rs_rule", "RS_RULE_DTYPE", 32), ("rs_chain", "RS_CHAIN_DTYPE", 12),
+    ("rs_route", "RS_ROUTE_DTYPE", 20)])
+def test_ruleset_dtypes_match_c_structs(struct, dtype_name, size):
+    layout = dict(_engine.ruleset_layouts()[struct])
+    dtype = getattr(_engine, dtype_name)
+    assert dtype.itemsize == layout.pop("__size__") == size
+    assert set(layout) == set(dtype.names)
     for name, offset in layout.items():
         assert dtype.fields[name][1] == offset, name

@@ -368,7 +368,8 @@ def test_redirect_without_an_address_drops():
     r, _ = run(t, [tcp(C1, SRV, 1234, 80, SYN)])
     assert r.ct_state.tolist() == [TRK | INV]
     assert t.stats()["reasons"] == {
-        "NAT: redirect with no address on the input interface, packet dropped": 1}
+        "NAT: redirect or masquerade with no address of the family on the interface, packet "
+        "dropped": 1}
 
 
 def test_rule_matches_select_connections():

@@ -139,6 +139,58 @@
     X(NAT_F_RANDOM, 0x02, "random") \
     X(NAT_F_FULLY_RANDOM, 0x04, "fully-random")
 
+/* Masquerade without an address: the output interface's address of the connection's family (a
+   ruleset's `masquerade`); not a user flag, so not in the list above. */
+#define NAT_F_IFADDR 0x80
+
+/* Rulesets (fastct/_rules.pxd walks them; fastct/rules_compile.py builds them): X(enum, value, name).
+   Hook points: where base chains run on a forwarded packet, in the kernel's priority order. */
+#define FASTCT_RS_HOOKS(X) \
+    X(HP_RAW, 0, "prerouting, before conntrack") \
+    X(HP_PRE, 1, "prerouting, after conntrack, before dnat") \
+    X(HP_DNAT, 2, "nat prerouting") \
+    X(HP_LATE, 3, "prerouting, after dnat") \
+    X(HP_SNAT, 4, "nat postrouting")
+#define FASTCT_RS_N_HOOKS 5
+
+/* What a match tests. */
+#define FASTCT_RS_KEYS(X) \
+    X(MK_IIF, 0, "iif") \
+    X(MK_OIF, 1, "oif") \
+    X(MK_SADDR, 2, "saddr") \
+    X(MK_DADDR, 3, "daddr") \
+    X(MK_NFPROTO, 4, "nfproto") \
+    X(MK_L4PROTO, 5, "l4proto") \
+    X(MK_SPORT, 6, "sport") \
+    X(MK_DPORT, 7, "dport") \
+    X(MK_CT_STATE, 8, "ct state") \
+    X(MK_CT_DIR, 9, "ct direction") \
+    X(MK_CT_ZONE, 10, "ct zone") \
+    X(MK_CT_MARK, 11, "ct mark") \
+    X(MK_META_MARK, 12, "meta mark")
+#define FASTCT_RS_N_KEYS 13
+
+/* How a rule ends (RV_CONTINUE: on to the next rule; RV_NAT: the NAT target rs_rule.target). */
+#define FASTCT_RS_VERDICTS(X) \
+    X(RV_CONTINUE, 0, "continue") \
+    X(RV_ACCEPT, 1, "accept") \
+    X(RV_DROP, 2, "drop") \
+    X(RV_RETURN, 3, "return") \
+    X(RV_JUMP, 4, "jump") \
+    X(RV_GOTO, 5, "goto") \
+    X(RV_NAT, 6, "nat")
+#define FASTCT_RS_N_VERDICTS 7
+
+/* Statements of a rule (bits of rs_rule.stmts), run in this order when its matches hold. */
+#define FASTCT_RS_STMTS(X) \
+    X(RS_COUNTER, 0x01, "counter") \
+    X(RS_CT_MARK, 0x02, "ct mark set") \
+    X(RS_META_MARK, 0x04, "meta mark set") \
+    X(RS_CT_ZONE, 0x08, "ct zone set") \
+    X(RS_NOTRACK, 0x10, "notrack") \
+    X(RS_HELPER, 0x20, "ct helper set")
+#define FASTCT_RS_N_STMTS 6
+
 /* Why a packet got ct_state inv (or was not tracked): one counter each, reported by `--stats`. */
 #define FASTCT_REASONS(X) \
     X(R_VALID, "ok") \
@@ -186,7 +238,8 @@
     X(R_ZONE_LIMIT, "zone at its connection limit, packet dropped") \
     X(R_CHAIN_TOO_LONG, "probe chain too long, packet dropped") \
     X(R_NAT_NO_TUPLE, "NAT: no free tuple left in the range, packet dropped") \
-    X(R_NAT_NO_ADDR, "NAT: redirect with no address on the input interface, packet dropped")
+    X(R_NAT_NO_ADDR, "NAT: redirect or masquerade with no address of the family on the interface, packet dropped") \
+    X(R_RULESET_DROP, "ruleset: a drop verdict, packet dropped")
 
 /* The kernel's `conntrack -S` counters first (same names, same order), then fastct's own. */
 #define FASTCT_STATS(X) \
@@ -222,6 +275,10 @@ enum fastct_ct_state_bit { FASTCT_CT_STATE_BITS(FASTCT_ENUM_VAL) };
 enum fastct_status_bit { FASTCT_STATUS_BITS(FASTCT_ENUM_VAL) };
 enum fastct_nat_action { FASTCT_NAT_ACTIONS(FASTCT_ENUM_VAL) };
 enum fastct_nat_flag { FASTCT_NAT_FLAGS(FASTCT_ENUM_VAL) };
+enum fastct_rs_hook { FASTCT_RS_HOOKS(FASTCT_ENUM_VAL) };
+enum fastct_rs_key { FASTCT_RS_KEYS(FASTCT_ENUM_VAL) };
+enum fastct_rs_verdict { FASTCT_RS_VERDICTS(FASTCT_ENUM_VAL) };
+enum fastct_rs_stmt { FASTCT_RS_STMTS(FASTCT_ENUM_VAL) };
 enum fastct_tcp_state { FASTCT_TCP_STATES(FASTCT_ENUM_SEQ) TCP_N_STATES };
 enum fastct_sctp_state { FASTCT_SCTP_STATES(FASTCT_ENUM_SEQ) SCTP_N_STATES };
 enum fastct_dccp_state { FASTCT_DCCP_STATES(FASTCT_ENUM_SEQ) DCCP_N_STATES };
@@ -243,6 +300,14 @@ static const char *const fastct_nat_flag_names[] = { FASTCT_NAT_FLAGS(FASTCT_NAM
 static const int fastct_nat_flag_values[] = { FASTCT_NAT_FLAGS(FASTCT_VALUE_3) };
 #define FASTCT_N_NAT_ACTIONS 6
 #define FASTCT_N_NAT_FLAGS 3
+static const char *const fastct_rs_hook_names[] = { FASTCT_RS_HOOKS(FASTCT_NAME_3) };
+static const int fastct_rs_hook_values[] = { FASTCT_RS_HOOKS(FASTCT_VALUE_3) };
+static const char *const fastct_rs_key_names[] = { FASTCT_RS_KEYS(FASTCT_NAME_3) };
+static const int fastct_rs_key_values[] = { FASTCT_RS_KEYS(FASTCT_VALUE_3) };
+static const char *const fastct_rs_verdict_names[] = { FASTCT_RS_VERDICTS(FASTCT_NAME_3) };
+static const int fastct_rs_verdict_values[] = { FASTCT_RS_VERDICTS(FASTCT_VALUE_3) };
+static const char *const fastct_rs_stmt_names[] = { FASTCT_RS_STMTS(FASTCT_NAME_3) };
+static const int fastct_rs_stmt_values[] = { FASTCT_RS_STMTS(FASTCT_VALUE_3) };
 static const char *const fastct_sctp_state_names[] = { FASTCT_SCTP_STATES(FASTCT_NAME_2) };
 static const char *const fastct_dccp_state_names[] = { FASTCT_DCCP_STATES(FASTCT_NAME_2) };
 #define FASTCT_TO_NAME(name, str, secs) str,
