@@ -314,6 +314,7 @@ class NatRun:
     substituted: dict = field(default_factory=dict)   # ingress index -> note on the port substitution
     verdicts: list = field(default_factory=list)   # the kernel's verdict per ingress packet (or None)
     pairs: dict = field(default_factory=dict)      # ingress index -> egress index
+    tracker: object = None                         # fastct's tracker after the packet-by-packet run
 
     @property
     def kernel(self):
@@ -378,19 +379,48 @@ def fastct_table_by_orig(tracker) -> dict:
     return {conn_key(r): r for r in parse_table("\n".join(lines))}
 
 
-def run_fastct(run: NatRun, rules):
+def _tracker(rules, iface_names):
+    """A Tracker with `rules`: NatRules, or a function that configures the tracker (loads a
+    ruleset); with `iface_names`, the gateway interfaces packets arrive on (capture interfaces by
+    name, as a pcapng file's)."""
+    from fastct import Tracker
+    from fastct.capture.reader import Interface
+    if callable(rules):
+        tracker = Tracker(seed=1)
+        rules(tracker)
+    else:
+        tracker = Tracker(seed=1, nat=rules)
+    if iface_names:
+        tracker.set_capture_interfaces([Interface(linktype=0, name=n) for n in iface_names], classic=False)
+    return tracker
+
+
+def _set_interfaces(batch, run: NatRun, first: int, iface_names):
+    """Each packet of `batch` (ingress packets first, first+1, ...) on the capture interface named
+    as the gateway interface it arrived on."""
+    if not iface_names:
+        return
+    lt = int(batch.if_linktype[0])
+    batch.if_linktype = np.full(len(iface_names), lt, dtype=np.uint32)
+    batch.if_fcslen = np.zeros(len(iface_names), dtype=np.uint32)
+    for k in range(len(batch)):
+        batch.iface[k] = iface_names.index(run.ingress[first + k].interface)
+
+
+def run_fastct(run: NatRun, rules, iface_names=None):
     """fastct on the ingress capture with `rules` and rewrite=True.  Reply-direction packets that
     the server addressed to a port the kernel chose get fastct's port for that connection first
     (see the module docstring), so fastct is fed one packet at a time; when no packet needed that,
     the whole capture is also processed as one batch and must give the same packets and states."""
-    from fastct import CaptureReader, Tracker
+    from fastct import CaptureReader
     from fastct.conntrack_fmt import format_table
 
     kernel = run.kernel
-    tracker = Tracker(seed=1, nat=rules)
+    tracker = _tracker(rules, iface_names)
     reader = CaptureReader(run.pcap, batch_size=1, writable=True)
     try:
         for i, batch in enumerate(reader):
+            _set_interfaces(batch, run, i, iface_names)
             start = int(batch.offsets[0]) + _ip_offset(int(batch.if_linktype[int(batch.iface[0])]))
             end = int(batch.offsets[0]) + int(batch.caplen[0])
             raw = bytes(batch.buf[start:end])
@@ -406,17 +436,20 @@ def run_fastct(run: NatRun, rules):
         reader.close()
     assert len(run.out) == len(run.ingress), \
         f"fastct read {len(run.out)} packets, the capture has {len(run.ingress)}"
-    lines = format_table(tracker.entries(), tracker.replies(), tracker.cold()["start"], tracker.now)
+    lines = format_table(tracker.entries(), tracker.replies(), tracker.cold()["start"], tracker.now,
+                         tracker.helper_names())
     run.fastct_text = "\n".join(lines) + ("\n" if lines else "")
+    run.tracker = tracker
     assert tracker._engine.check_invariants() == []
     if not run.substituted:
         # No substitution: the capture as one batch, as `fastct track` would read it.
-        one = Tracker(seed=1, nat=rules)
+        one = _tracker(rules, iface_names)
         reader = CaptureReader(run.pcap, batch_size=1 << 16, writable=True)
         try:
             batches = list(reader)
             assert len(batches) == 1
             b = batches[0]
+            _set_interfaces(b, run, 0, iface_names)
             res = one.process(b, rewrite=True)
             outs = []
             for k in range(len(b)):
@@ -542,6 +575,10 @@ def compare(run: NatRun, port_ranges: dict) -> list[str]:
         for fld in ("state", "counters", "flags"):
             if mine[fld] != rec[fld]:
                 problems.append(f"{where}: {fld} kernel {rec[fld]}, fastct {mine[fld]}")
+        for fld in ("mark", "zone", "helper"):
+            if mine["extras"].get(fld) != rec["extras"].get(fld):
+                problems.append(f"{where}: {fld} kernel {rec['extras'].get(fld)}, fastct "
+                                f"{mine['extras'].get(fld)}")
         if abs(mine["timeout"] - rec["timeout"]) > TIME_SLACK:
             problems.append(f"{where}: timeout kernel {rec['timeout']}, fastct {mine['timeout']}")
         if mine["reply"] == rec["reply"]:
@@ -654,8 +691,8 @@ def report(run: NatRun, problems) -> str:
             + "\n\nkernel (conntrack -L -o extended):\n" + run.kernel_text + "fastct:\n" + run.fastct_text)
 
 
-def check(run: NatRun, rules, port_ranges=None) -> list[str]:
-    run_fastct(run, rules)
+def check(run: NatRun, rules, port_ranges=None, iface_names=None) -> list[str]:
+    run_fastct(run, rules, iface_names)
     pair_packets(run)
     return compare(run, port_ranges or {})
 

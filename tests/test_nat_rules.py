@@ -1,8 +1,12 @@
-"""fastct.nat: the NAT rule layer (command-line target syntax, NatRule validation, compile()).
+"""fastct.nat: the NAT rule layer (command-line target syntax, NatRule validation, to_ruleset() and
+the compiled ruleset it gives).
 
-Expected bytes in the compile tests are worked out by hand from the field comments of `nat_rule`
-in fastct/_types.pxd (addresses network order with IPv4 in bytes 0-3, ports and zone host order);
-action and flag numbers come from the engine's names(), never restated.
+`NatRules.to_ruleset()` is checked against a Ruleset worked out by hand from the NatRule fields
+(fastct/ruleset.py's MATCH_KEYS value forms); `fastct.rules_compile.compile_ruleset` of it against
+bytes worked out by hand from the field comments of `nat_target`, `rs_rule`, `rs_match`, `rs_irange`,
+`rs_arange` and `rs_chain` in fastct/_types.pxd (addresses network order with IPv4 in bytes 0-3,
+integers little-endian); action, flag, key, verdict, statement and hook-point numbers come from the
+engine's names(), never restated.
 """
 import dataclasses
 import ipaddress
@@ -12,13 +16,28 @@ import numpy as np
 import pytest
 
 from fastct import _engine
-from fastct.nat import NAT_RULE_DTYPE, NatRule, NatRules, parse_masquerade, parse_spec
+from fastct.nat import NatRule, NatRules, parse_masquerade, parse_spec
+from fastct.rules_compile import compile_ruleset
+from fastct.ruleset import Chain, Match, NatTarget, Rule, Ruleset
 from fastct.tracker import AF_INET, AF_INET6
 
 NAMES = _engine.names()
 ACTION = dict(NAMES["nat_actions"])
 FLAG = dict(NAMES["nat_flags"])
 KNOWN_FLAGS = ", ".join(FLAG)
+IFADDR = NAMES["nat_flag_ifaddr"]
+KEY = dict(NAMES["rs_keys"])
+VERDICT = dict(NAMES["rs_verdicts"])
+STMT = dict(NAMES["rs_stmts"])
+_HP = dict(NAMES["rs_hooks"])
+HOOK = {"raw": _HP["prerouting, before conntrack"], "pre": _HP["prerouting, after conntrack, before dnat"],
+        "dnat": _HP["nat prerouting"], "late": _HP["prerouting, after dnat"], "snat": _HP["nat postrouting"]}
+TARGET_DTYPE = _engine.NAT_TARGET_DTYPE
+MATCH_DTYPE = _engine.RS_MATCH_DTYPE
+IRANGE_DTYPE = _engine.RS_IRANGE_DTYPE
+ARANGE_DTYPE = _engine.RS_ARANGE_DTYPE
+RULE_DTYPE = _engine.RS_RULE_DTYPE
+CHAIN_DTYPE = _engine.RS_CHAIN_DTYPE
 ip = ipaddress.ip_address
 
 
@@ -348,10 +367,11 @@ def test_natrule_validation(fields, message):
     assert str(exc.value) == message
 
 
-# ---- compile(): every field's bytes ----------------------------------------------------------
+# ---- to_ruleset() and compile_ruleset(): the rules as chains, every field's bytes -------------
 Z12 = bytes(12)
-ANY_PORTS = bytes.fromhex("0000 ffff")          # 0-65535, little-endian uint16 pair
 V4_ADDR = lambda hexstr: bytes.fromhex(hexstr) + Z12          # noqa: E731
+u32 = lambda hexstr: bytes.fromhex(hexstr)                    # noqa: E731  (write them little-endian)
+ALL32 = bytes.fromhex("ffffffff")                             # rs_match.mask: compare every bit
 
 
 def _rules():
@@ -364,91 +384,191 @@ def _rules():
     return snat, dnat, masq, accept
 
 
-def _expected():
-    """Each compiled row, field by field, worked out by hand."""
-    v6 = bytes.fromhex("20010db8 00000000 00000000 00000001")
-    snat = {
-        "src": bytes(16), "dst": bytes(16),
-        "to_min": V4_ADDR("ac5d4a05"), "to_max": V4_ADDR("ac5d4a0f"),     # 172.93.74.5 / .15
-        "zone": bytes.fromhex("ffffffff"), "in_if": bytes.fromhex("ffff"), "out_if": bytes.fromhex("ffff"),
-        "sport_lo": bytes.fromhex("0000"), "sport_hi": bytes.fromhex("ffff"),
-        "dport_lo": bytes.fromhex("0000"), "dport_hi": bytes.fromhex("ffff"),
-        "to_port_lo": bytes.fromhex("8813"), "to_port_hi": bytes.fromhex("50c3"),   # 5000, 50000
-        "src_plen": b"\x00", "dst_plen": b"\x00", "l3": b"\x02", "proto": b"\x00",
-        "stage": b"\x01", "action": bytes([ACTION["snat"]]), "flags": b"\x00", "_pad": bytes(5),
-    }
-    dnat = {
-        "src": V4_ADDR("0a010000"), "dst": V4_ADDR("c0000201"),             # 10.1.0.0, 192.0.2.1
-        "to_min": V4_ADDR("0a010203"), "to_max": V4_ADDR("0a010203"),       # 10.1.2.3
-        "zone": bytes.fromhex("07000000"), "in_if": bytes.fromhex("0300"), "out_if": bytes.fromhex("ffff"),
-        "sport_lo": bytes.fromhex("0004"), "sport_hi": bytes.fromhex("ffff"),        # 1024-65535
-        "dport_lo": bytes.fromhex("5000"), "dport_hi": bytes.fromhex("5000"),        # 80
-        "to_port_lo": bytes.fromhex("901f"), "to_port_hi": bytes.fromhex("901f"),    # 8080
-        "src_plen": b"\x10", "dst_plen": b"\x20", "l3": b"\x02", "proto": b"\x06",
-        "stage": b"\x00", "action": bytes([ACTION["dnat"]]),
-        "flags": bytes([FLAG["persistent"] | FLAG["random"]]), "_pad": bytes(5),
-    }
-    masq = {
-        "src": bytes(16), "dst": bytes(16), "to_min": v6, "to_max": v6,    # 2001:db8::1
-        "zone": bytes.fromhex("ffffffff"), "in_if": bytes.fromhex("ffff"), "out_if": bytes.fromhex("ffff"),
-        "sport_lo": bytes.fromhex("0000"), "sport_hi": bytes.fromhex("ffff"),
-        "dport_lo": bytes.fromhex("0000"), "dport_hi": bytes.fromhex("ffff"),
-        "to_port_lo": bytes.fromhex("0004"), "to_port_hi": bytes.fromhex("ff07"),   # 1024, 2047
-        "src_plen": b"\x00", "dst_plen": b"\x00", "l3": b"\x0a", "proto": b"\x00",
-        "stage": b"\x01", "action": bytes([ACTION["masquerade"]]),
-        "flags": bytes([FLAG["fully-random"]]), "_pad": bytes(5),
-    }
-    accept = {
-        "src": bytes.fromhex("20010db8 00aa") + bytes(10), "dst": bytes(16),      # 2001:db8:aa::/48
-        "to_min": bytes(16), "to_max": bytes(16),
-        "zone": bytes.fromhex("ffffffff"), "in_if": bytes.fromhex("ffff"), "out_if": bytes.fromhex("ffff"),
-        "sport_lo": bytes.fromhex("0000"), "sport_hi": bytes.fromhex("ffff"),
-        "dport_lo": bytes.fromhex("0000"), "dport_hi": bytes.fromhex("ffff"),
-        "to_port_lo": bytes.fromhex("0000"), "to_port_hi": bytes.fromhex("0000"),   # keep the port
-        "src_plen": b"\x30", "dst_plen": b"\x00", "l3": b"\x0a", "proto": b"\x3a",  # /48, icmpv6
-        "stage": b"\x00", "action": bytes([ACTION["accept"]]), "flags": b"\x00", "_pad": bytes(5),
-    }
-    return snat, dnat, masq, accept
+def _pre():
+    return Chain("inet", "fastct", "prerouting", type="nat", hook="prerouting", priority=-100)
 
 
-def _field_bytes(row_bytes: bytes, name: str) -> bytes:
-    ftype, offset = NAT_RULE_DTYPE.fields[name][:2]
+def _post():
+    return Chain("inet", "fastct", "postrouting", type="nat", hook="postrouting", priority=100)
+
+
+def _expected_ruleset() -> Ruleset:
+    """_rules() as chains, worked out by hand from the NatRule fields (MATCH_KEYS' value forms)."""
+    pre, post = _pre(), _post()
+    pre.rules += [
+        Rule(matches=(Match("ct zone", ((7, 7),)),                         # zone=7
+                      Match("iif", (3,)),                                   # in_if=3
+                      Match("saddr", ((ip("10.1.0.0"), ip("10.1.255.255")),)),      # 10.1.0.0/16
+                      Match("daddr", ((ip("192.0.2.1"), ip("192.0.2.1")),)),        # 192.0.2.1/32
+                      Match("l4proto", ((6, 6),)),                          # tcp
+                      Match("sport", ((1024, 65535),)),
+                      Match("dport", ((80, 80),))),
+             nat=NatTarget("dnat", ip("10.1.2.3"), ip("10.1.2.3"), (8080, 8080),
+                           frozenset({"persistent", "random"}), 4)),
+        Rule(matches=(Match("saddr", ((ip("2001:db8:aa::"), ip("2001:db8:aa:ffff:ffff:ffff:ffff:ffff")),)),
+                      Match("l4proto", ((58, 58),))),                       # icmpv6
+             verdict="accept"),
+    ]
+    post.rules += [
+        Rule(matches=(Match("nfproto", (4,)),),                             # l3 IPv4, no addresses
+             nat=NatTarget("snat", ip("172.93.74.5"), ip("172.93.74.15"), (5000, 50000), frozenset(), 4)),
+        Rule(matches=(Match("nfproto", (6,)),),
+             nat=NatTarget("masquerade", ip("2001:db8::1"), ip("2001:db8::1"), (1024, 2047),
+                           frozenset({"fully-random"}), 6)),
+    ]
+    return Ruleset(chains=[pre, post], source="NatRules")
+
+
+def _natrules() -> NatRules:
+    rules = NatRules()
+    for r in _rules():                                  # insertion order: post, pre, post, pre
+        rules.add(r)
+    return rules
+
+
+def test_to_ruleset_exact():
+    rs = _natrules().to_ruleset()
+    assert isinstance(rs, Ruleset)
+    want = _expected_ruleset()
+    # no notrack rule, so no raw chain; each nat chain's rules in insertion order
+    assert [(c.family, c.table, c.name, c.type, c.hook, c.priority, c.policy) for c in rs.chains] == [
+        ("inet", "fastct", "prerouting", "nat", "prerouting", -100, "accept"),
+        ("inet", "fastct", "postrouting", "nat", "postrouting", 100, "accept")]
+    for got_chain, want_chain in zip(rs.chains, want.chains):
+        assert len(got_chain.rules) == len(want_chain.rules)
+        for got, exp in zip(got_chain.rules, want_chain.rules):
+            assert got.matches == exp.matches
+            assert got.nat == exp.nat and got.verdict == exp.verdict
+            assert not got.notrack and got.target is None and got.counter is False
+    assert rs == want                                   # and nothing else differs (helpers, statements)
+    assert rs.helpers == [] and rs.warnings == []
+
+
+def _field_bytes(dtype: np.dtype, row_bytes: bytes, name: str) -> bytes:
+    ftype, offset = dtype.fields[name][:2]
     return row_bytes[offset:offset + ftype.itemsize]
 
 
+def _check_row(dtype: np.dtype, row, expected: dict[str, bytes]):
+    """Every field of one struct row against its expected bytes, and nothing between them."""
+    raw = row.tobytes()
+    assert len(raw) == dtype.itemsize
+    assert set(expected) == set(dtype.names)            # every field is checked
+    for name, want in expected.items():
+        assert _field_bytes(dtype, raw, name) == want, name
+    assert b"".join(expected[n] for n in sorted(expected, key=lambda n: dtype.fields[n][1])) == raw
+
+
+def _expected_targets():
+    """The three nat_target rows (dnat, snat, masquerade: the order the compiler meets their rules),
+    field by field, worked out by hand."""
+    v6 = bytes.fromhex("20010db8 00000000 00000000 00000001")              # 2001:db8::1
+    dnat = {
+        "to_min": V4_ADDR("0a010203"), "to_max": V4_ADDR("0a010203"),       # 10.1.2.3
+        "to_port_lo": bytes.fromhex("901f"), "to_port_hi": bytes.fromhex("901f"),    # 8080
+        "action": bytes([ACTION["dnat"]]), "flags": bytes([FLAG["persistent"] | FLAG["random"]]),
+        "l3": b"\x02", "_pad": b"\x00",
+    }
+    snat = {
+        "to_min": V4_ADDR("ac5d4a05"), "to_max": V4_ADDR("ac5d4a0f"),       # 172.93.74.5 / .15
+        "to_port_lo": bytes.fromhex("8813"), "to_port_hi": bytes.fromhex("50c3"),    # 5000, 50000
+        "action": bytes([ACTION["snat"]]), "flags": b"\x00", "l3": b"\x02", "_pad": b"\x00",
+    }
+    masq = {
+        "to_min": v6, "to_max": v6,
+        "to_port_lo": bytes.fromhex("0004"), "to_port_hi": bytes.fromhex("ff07"),    # 1024, 2047
+        # an address was given: fully-random only, no NAT_F_IFADDR
+        "action": bytes([ACTION["masquerade"]]), "flags": bytes([FLAG["fully-random"]]),
+        "l3": b"\x0a", "_pad": b"\x00",
+    }
+    return dnat, snat, masq
+
+
 @pytest.mark.skipif(sys.byteorder != "little", reason="expected bytes are worked out for little-endian hosts")
-def test_compile_every_field_byte_for_byte():
-    snat, dnat, masq, accept = _rules()
-    e_snat, e_dnat, e_masq, e_accept = _expected()
-    rules = NatRules()
-    for r in (snat, dnat, masq, accept):                # insertion order: post, pre, post, pre
-        rules.add(r)
-    table = rules.compile()
-    assert table.dtype == NAT_RULE_DTYPE and table.shape == (4,)
-    assert NAT_RULE_DTYPE.itemsize == 96
-    # prerouting first, then postrouting, each stage in insertion order
-    for row, expected in zip(table, (e_dnat, e_accept, e_snat, e_masq)):
-        raw = row.tobytes()
-        assert len(raw) == 96
-        assert set(expected) == set(NAT_RULE_DTYPE.names)            # every field is checked
-        for name, want in expected.items():
-            assert _field_bytes(raw, name) == want, name
-        assert b"".join(expected[n] for n in sorted(expected, key=lambda n: NAT_RULE_DTYPE.fields[n][1])) \
-            == raw                                                    # and nothing between them
+def test_compile_targets_byte_for_byte():
+    prog = compile_ruleset(_natrules().to_ruleset())
+    t = prog.targets
+    assert t.dtype == TARGET_DTYPE and t.shape == (3,) and TARGET_DTYPE.itemsize == 40
+    for row, expected in zip(t, _expected_targets()):
+        _check_row(TARGET_DTYPE, row, expected)
+    assert not any(int(f) & IFADDR for f in t["flags"])
+    # read back as numbers too
+    assert list(t["action"]) == [ACTION["dnat"], ACTION["snat"], ACTION["masquerade"]]
+    assert list(t["to_port_lo"]) == [8080, 5000, 1024] and list(t["to_port_hi"]) == [8080, 50000, 2047]
+    assert list(t["l3"]) == [AF_INET, AF_INET, AF_INET6]
+    assert bytes(t["to_min"][1][:4]) == ip("172.93.74.5").packed
+    assert bytes(t["to_max"][2]) == ip("2001:db8::1").packed
 
 
-def test_compile_values_read_back():
-    rules = NatRules(_rules())
-    t = rules.compile()
-    assert list(t["stage"]) == [0, 0, 1, 1]
-    assert list(t["action"]) == [ACTION["dnat"], ACTION["accept"], ACTION["snat"], ACTION["masquerade"]]
-    assert list(t["zone"]) == [7, -1, -1, -1]
-    assert list(t["to_port_lo"]) == [8080, 0, 5000, 1024] and list(t["to_port_hi"]) == [8080, 0, 50000, 2047]
-    assert bytes(t["to_min"][2][:4]) == ipaddress.ip_address("172.93.74.5").packed
-    assert bytes(t["to_max"][3]) == ipaddress.ip_address("2001:db8::1").packed
+def _match_bytes(key: str, first: int, count: int, l3: int = 0) -> dict[str, bytes]:
+    """An rs_match row: not negated, mask all ones."""
+    return {"key": bytes([KEY[key]]), "neg": b"\x00", "l3": bytes([l3]), "_pad": b"\x00", "mask": ALL32,
+            "first": first.to_bytes(4, "little"), "count": count.to_bytes(4, "little")}
 
 
-def test_compile_stage_order_is_stable():
+@pytest.mark.skipif(sys.byteorder != "little", reason="expected bytes are worked out for little-endian hosts")
+def test_compile_rules_and_matches():
+    prog = compile_ruleset(_natrules().to_ruleset())
+    # chains in the ruleset's order: prerouting (rules 0-1), postrouting (rules 2-3), policy accept
+    assert prog.chains.dtype == CHAIN_DTYPE and prog.chains.shape == (2,)
+    _check_row(CHAIN_DTYPE, prog.chains[0], {"first": u32("00000000"), "count": u32("02000000"),
+                                             "policy": bytes([VERDICT["accept"]]), "_pad": bytes(3)})
+    _check_row(CHAIN_DTYPE, prog.chains[1], {"first": u32("02000000"), "count": u32("02000000"),
+                                             "policy": bytes([VERDICT["accept"]]), "_pad": bytes(3)})
+
+    # the dnat rule: matches 0-7, no statement, verdict nat with target 0
+    assert prog.rules.dtype == RULE_DTYPE and prog.rules.shape == (4,)
+    _check_row(RULE_DTYPE, prog.rules[0], {
+        "m_first": u32("00000000"), "m_count": bytes.fromhex("0800"), "stmts": bytes.fromhex("0000"),
+        "ct_mark": u32("00000000"), "meta_mark": u32("00000000"), "target": u32("00000000"),
+        "zone": bytes.fromhex("0000"), "verdict": bytes([VERDICT["nat"]]), "helper": b"\x00",
+        "_pad": bytes(8)})
+    # its matches: the target's family (inet table, IPv4 target), then the rule's own, in order
+    assert prog.matches.dtype == MATCH_DTYPE
+    dnat_matches = [
+        _match_bytes("nfproto", 0, 1),                  # iranges[0]: 4 (the target is IPv4)
+        _match_bytes("ct zone", 1, 1),                  # iranges[1]: 7-7
+        _match_bytes("iif", 2, 1),                      # iranges[2]: 3-3
+        _match_bytes("saddr", 0, 1, l3=2),              # aranges[0]: 10.1.0.0-10.1.255.255
+        _match_bytes("daddr", 1, 1, l3=2),              # aranges[1]: 192.0.2.1
+        _match_bytes("l4proto", 3, 1),                  # iranges[3]: 6-6
+        _match_bytes("sport", 4, 1),                    # iranges[4]: 1024-65535
+        _match_bytes("dport", 5, 1),                    # iranges[5]: 80-80
+    ]
+    for row, expected in zip(prog.matches[:8], dnat_matches):
+        _check_row(MATCH_DTYPE, row, expected)
+    assert prog.iranges.dtype == IRANGE_DTYPE
+    assert prog.iranges[:6].tobytes() == bytes.fromhex(
+        "04000000 04000000"  "07000000 07000000"  "03000000 03000000"
+        "06000000 06000000"  "00040000 ffff0000"  "50000000 50000000")
+    assert prog.aranges.dtype == ARANGE_DTYPE
+    assert prog.aranges[0].tobytes() == V4_ADDR("0a010000") + V4_ADDR("0a01ffff")
+    assert prog.aranges[1].tobytes() == V4_ADDR("c0000201") + V4_ADDR("c0000201")
+
+    # the other rules, as numbers: accept (no target family), snat and masquerade (target family
+    # row, then their nfproto match)
+    r = prog.rules
+    assert list(r["m_first"]) == [0, 8, 10, 12] and list(r["m_count"]) == [8, 2, 2, 2]
+    assert list(r["verdict"]) == [VERDICT["nat"], VERDICT["accept"], VERDICT["nat"], VERDICT["nat"]]
+    assert list(r["target"]) == [0, -1, 1, 2]
+    assert list(r["stmts"]) == [0, 0, 0, 0] and list(r["zone"]) == [0, 0, 0, 0]
+    m = prog.matches
+    assert len(m) == 14
+    assert list(m["key"][8:]) == [KEY["saddr"], KEY["l4proto"], KEY["nfproto"], KEY["nfproto"],
+                                  KEY["nfproto"], KEY["nfproto"]]
+    assert list(m["first"][8:]) == [2, 6, 7, 8, 9, 10] and list(m["count"][8:]) == [1] * 6
+    assert list(m["l3"][8:]) == [AF_INET6, 0, 0, 0, 0, 0] and not m["neg"].any()
+    assert [tuple(x) for x in prog.iranges[6:].tolist()] == [(58, 58), (4, 4), (4, 4), (6, 6), (6, 6)]
+    assert prog.aranges.shape == (3,)
+    assert prog.aranges[2].tobytes() == (bytes.fromhex("20010db8 00aa") + bytes(10)
+                                         + bytes.fromhex("20010db8 00aa") + b"\xff" * 10)
+    # prerouting at the dnat hook point, postrouting at the snat one
+    assert list(prog.base) == [0, 1]
+    assert prog.hp_first == [0, 0, 0, 1, 1, 2]
+    assert prog.nat_on
+
+
+def test_stage_order_is_stable():
     a = NatRule(action="snat", to_min="192.0.2.1", src="10.0.0.0/24")
     b = NatRule(action="dnat", to_min="10.0.0.1", dst="198.51.100.1/32")
     c = NatRule(action="accept", stage="postrouting", dst="10.0.0.0/8")
@@ -460,17 +580,57 @@ def test_compile_stage_order_is_stable():
     assert rules.stage("prerouting") == (b, d, f)
     assert rules.stage("postrouting") == (a, c, e)
     assert rules.ordered() == [b, d, f, a, c, e]
-    t = rules.compile()
-    assert list(t["action"]) == [ACTION[x] for x in ("dnat", "notrack", "redirect", "snat", "accept",
-                                                     "masquerade")]
-    assert list(t["stage"]) == [0, 0, 0, 1, 1, 1]
-    assert list(t["dport_lo"]) == [0, 53, 80, 0, 0, 0]
-    assert list(t["dst_plen"]) == [32, 0, 0, 0, 8, 0]
+
+    rs = rules.to_ruleset()
+    raw, pre, post = rs.chains
+    assert [(x.name, x.type, x.hook, x.priority) for x in rs.chains] == [
+        ("raw", "filter", "prerouting", -300), ("prerouting", "nat", "prerouting", -100),
+        ("postrouting", "nat", "postrouting", 100)]
+    assert raw.rules == [Rule(matches=(Match("l4proto", ((17, 17),)), Match("dport", ((53, 53),))),
+                              notrack=True)]
+    assert pre.rules == [
+        Rule(matches=(Match("daddr", ((ip("198.51.100.1"), ip("198.51.100.1")),)),),
+             nat=NatTarget("dnat", ip("10.0.0.1"), ip("10.0.0.1"), None, frozenset(), 4)),
+        Rule(matches=(Match("l4proto", ((6, 6),)), Match("dport", ((80, 80),))),
+             nat=NatTarget("redirect", None, None, (3128, 3128), frozenset(), None)),
+    ]
+    assert post.rules == [
+        Rule(matches=(Match("saddr", ((ip("10.0.0.0"), ip("10.0.0.255")),)),),
+             nat=NatTarget("snat", ip("192.0.2.1"), ip("192.0.2.1"), None, frozenset(), 4)),
+        Rule(matches=(Match("daddr", ((ip("10.0.0.0"), ip("10.255.255.255")),)),), verdict="accept"),
+        Rule(matches=(Match("nfproto", (4,)),),
+             nat=NatTarget("masquerade", ip("192.0.2.2"), ip("192.0.2.2"), None, frozenset(), 4)),
+    ]
+
+    prog = compile_ruleset(rs)
+    # base chains by hook point: raw (chain 0) before conntrack, prerouting (1) at dnat, postrouting
+    # (2) at snat; nothing at the other two
+    assert list(prog.base) == [0, 1, 2]
+    hp = prog.hp_first
+    assert len(hp) == len(HOOK) + 1
+    assert list(prog.base[hp[HOOK["raw"]]:hp[HOOK["raw"] + 1]]) == [0]
+    assert list(prog.base[hp[HOOK["dnat"]]:hp[HOOK["dnat"] + 1]]) == [1]
+    assert list(prog.base[hp[HOOK["snat"]]:hp[HOOK["snat"] + 1]]) == [2]
+    assert hp[HOOK["pre"]] == hp[HOOK["pre"] + 1] and hp[HOOK["late"]] == hp[HOOK["late"] + 1]
+    # rules in chain order: d | b f | a c e
+    assert list(prog.rules["stmts"]) == [STMT["notrack"], 0, 0, 0, 0, 0]
+    assert list(prog.rules["verdict"]) == [VERDICT[v] for v in ("continue", "nat", "nat", "nat", "accept",
+                                                                "nat")]
+    assert list(prog.rules["target"]) == [-1, 0, 1, 2, -1, 3]
+    assert list(prog.targets["action"]) == [ACTION[x] for x in ("dnat", "redirect", "snat", "masquerade")]
+    assert list(prog.targets["l3"]) == [AF_INET, 0, AF_INET, AF_INET]
+    assert list(prog.targets["flags"]) == [0, 0, 0, 0]                 # masquerade has its address
+    assert list(prog.targets["to_port_lo"]) == [0, 3128, 0, 0]
 
 
-def test_compile_empty():
-    t = NatRules().compile()
-    assert t.dtype == NAT_RULE_DTYPE and t.shape == (0,)
+def test_empty():
+    rs = NatRules().to_ruleset()
+    assert rs == Ruleset(chains=[_pre(), _post()], source="NatRules")
+    prog = compile_ruleset(rs)
+    assert prog.rules.shape == (0,) and prog.targets.shape == (0,) and prog.matches.shape == (0,)
+    assert prog.targets.dtype == TARGET_DTYPE
+    assert prog.nat_on is True                        # every new connection still gets its bindings
+    assert list(prog.base) == [0, 1] and prog.hp_first == [0, 0, 0, 1, 1, 2]
 
 
 def test_rules_container_checks():
@@ -493,11 +653,16 @@ def test_from_cli_common_cases():
     assert dnat == parse_spec("10.0.0.5:8080", "dnat")
     assert masq == parse_masquerade("[2001:db8::1]")
     assert all(r.matches_everything for r in rules)
-    t = rules.compile()
+    rs = rules.to_ruleset()
+    pre, post = rs.chains                                  # no notrack rule: no raw chain
+    # matching every connection of a family: only the nfproto match, nothing else
+    assert [r.matches for r in pre.rules] == [(Match("nfproto", (4,)),)]
+    assert [r.matches for r in post.rules] == [(Match("nfproto", (4,)),), (Match("nfproto", (6,)),)]
+    t = compile_ruleset(rs).targets
     assert list(t["action"]) == [ACTION["dnat"], ACTION["snat"], ACTION["masquerade"]]
     assert list(t["l3"]) == [AF_INET, AF_INET, AF_INET6]
-    assert list(t["proto"]) == [0, 0, 0] and list(t["zone"]) == [-1, -1, -1]
-    assert list(t["src_plen"]) == [0, 0, 0] and list(t["dst_plen"]) == [0, 0, 0]
+    assert list(t["flags"]) == [0, FLAG["fully-random"], 0]
+    assert list(t["to_port_lo"]) == [8080, 1024, 0] and list(t["to_port_hi"]) == [8080, 65535, 0]
 
 
 def test_from_cli_one_target_per_family_and_stage():
