@@ -513,7 +513,9 @@ class _Parser:
         chain = self.chain_for_rule(tokens[1])
         options = tokens[2:]
         text = line[options[0].loc.col - 1:].rstrip() if options else ""
-        rule = Rule(text=text, loc=options[0].loc if options else command.loc)
+        # Every iptables rule counts the packets it matches (`iptables -L -v`, `iptables-save -c`):
+        # in nft's words, every rule has a counter statement.
+        rule = Rule(text=text, loc=options[0].loc if options else command.loc, counter=True)
         _RuleParser(self, chain, rule, options).parse()
         chain.rules.append(rule)
 
@@ -958,4 +960,11 @@ def parse_iptables(text: str, source: str = "<iptables>", family: int | None = N
 def load_iptables_file(path, family: int | None = None) -> Ruleset:
     """Read and parse an iptables-save / ip6tables-save file; errors name the path."""
     path = Path(path)
-    return parse_iptables(path.read_text(encoding="utf-8"), source=str(path), family=family)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise RulesetError(None, f"{path}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise RulesetError(None, f"{path}: not UTF-8 text (byte {exc.start}): not an "
+                                 f"iptables-save file") from None
+    return parse_iptables(text, source=str(path), family=family)

@@ -114,7 +114,7 @@ def test_iptables_save_output_chains():
 def test_iptables_save_output_raw_rules():
     rs = parse_iptables(IPTABLES_SAVE, "rules.v4")
     pre = rs.chain("ip", "raw", "PREROUTING").rules
-    assert pre[0] == Rule(
+    assert pre[0] == Rule(counter=True,
         matches=(Match("l4proto", ((6, 6),), loc=Loc("rules.v4", 5, 15)),
                  Match("dport", ((21, 21),), loc=Loc("rules.v4", 5, 29))),
         ct_helper_set="ftp", text="-p tcp -m tcp --dport 21 -j CT --helper ftp", loc=Loc("rules.v4", 5, 15))
@@ -305,7 +305,7 @@ def test_match_locations_are_the_options():
 
 def test_rule_without_options():
     rule = one_rule("-A PREROUTING")
-    assert rule == Rule(text="", loc=Loc("t.rules", 7, 1))
+    assert rule == Rule(counter=True, text="", loc=Loc("t.rules", 7, 1))
 
 
 # ---- every target -------------------------------------------------------------------------------------

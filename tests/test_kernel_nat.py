@@ -315,6 +315,7 @@ class NatRun:
     verdicts: list = field(default_factory=list)   # the kernel's verdict per ingress packet (or None)
     pairs: dict = field(default_factory=dict)      # ingress index -> egress index
     tracker: object = None                         # fastct's tracker after the packet-by-packet run
+    kernel_counters: dict = field(default_factory=dict)   # rule counters in the gateway, if read
 
     @property
     def kernel(self):

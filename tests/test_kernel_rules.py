@@ -20,6 +20,7 @@ Needs root, `ip netns`, nft, iptables-restore (iptables' nf_tables backend), con
 """
 from __future__ import annotations
 
+import re
 import shutil
 
 import pytest
@@ -65,11 +66,82 @@ def iptables_restore(lab, text: str):
 
 
 def observe_rules(lab, tmp_path, form: str, nft_text: str, ipt_text: str, traffic):
-    """Load the ruleset in `form` ('nft' or 'iptables') into the gateway and run the traffic."""
+    """Load the ruleset in `form` ('nft' or 'iptables') into the gateway and run the traffic; the
+    run gets the kernel's rule counters ({(table, chain, rule number): (packets, bytes)})."""
     if form == "nft":
-        return observe(lab, tmp_path, nft_text, traffic), load_nft(nft_text)
-    iptables_restore(lab, ipt_text)
-    return observe(lab, tmp_path, "", traffic), load_iptables(ipt_text)
+        run, rules = observe(lab, tmp_path, nft_text, traffic), load_nft(nft_text)
+        run.kernel_counters = nft_counters(lab.exec(lab.gateway, ["nft", "list", "table", *TABLE_OF[nft_text]])
+                                           .stdout, TABLE_OF[nft_text][1])
+    else:
+        iptables_restore(lab, ipt_text)
+        run, rules = observe(lab, tmp_path, "", traffic), load_iptables(ipt_text)
+        tool = shutil.which("iptables-save") or "/usr/sbin/iptables-save"
+        run.kernel_counters = iptables_counters(lab.exec(lab.gateway, [tool, "-c"]).stdout)
+    return run, rules
+
+
+class _TableOf(dict):
+    """nft text -> (family, table name) of its table (the scenarios have one)."""
+    def __missing__(self, text):
+        fam, name = re.search(r"^table (\S+) (\S+) \{", text, re.M).groups()
+        return fam, name
+
+
+TABLE_OF = _TableOf()
+
+
+def nft_counters(listing: str, table: str) -> dict:
+    """`nft list table` output -> {(table, chain, rule number): (packets, bytes)} for the rules
+    with a counter."""
+    out, chain, n = {}, None, 0
+    for line in listing.splitlines():
+        text = line.strip()
+        m = re.match(r"chain (\S+) \{", text)
+        if m:
+            chain, n = m.group(1), 0
+            continue
+        if chain is None or not text or text == "}" or text.startswith(("type ", "policy ")):
+            continue
+        c = re.search(r"counter packets (\d+) bytes (\d+)", text)
+        if c:
+            out[(table, chain, n)] = (int(c.group(1)), int(c.group(2)))
+        n += 1
+    return out
+
+
+def iptables_counters(saved: str) -> dict:
+    """`iptables-save -c` output -> {(table, chain, rule number): (packets, bytes)}."""
+    out, table, numbers = {}, None, {}
+    for line in saved.splitlines():
+        if line.startswith("*"):
+            table, numbers = line[1:], {}
+        m = re.match(r"\[(\d+):(\d+)\] -A (\S+)", line)
+        if m:
+            chain = m.group(3)
+            k = numbers.get(chain, 0)
+            numbers[chain] = k + 1
+            out[(table, chain, k)] = (int(m.group(1)), int(m.group(2)))
+    return out
+
+
+def compare_counters(run) -> list[str]:
+    """fastct's rule counters against the kernel's, rule by rule (rules with a counter)."""
+    lab_check(run, any(p for p, _ in run.kernel_counters.values()),
+              f"the kernel's rule counters were read and counted packets: {run.kernel_counters}")
+    prog = run.tracker.program
+    counters = run.tracker.rule_counters()
+    problems, numbers = [], {}
+    for i, (chain, rule) in enumerate(prog.rule_info):
+        k = numbers.get((chain.table, chain.name), 0)
+        numbers[(chain.table, chain.name)] = k + 1
+        if not rule.counter:
+            continue
+        kernel = run.kernel_counters.get((chain.table, chain.name, k))
+        mine = tuple(int(x) for x in counters[i])
+        if kernel != mine:
+            problems.append(f"counter of {chain.id} rule {k} ({rule.text}): kernel {kernel}, "
+                            f"fastct {mine}")
+    return problems
 
 
 FORMS = ["nft", "iptables"]
@@ -93,7 +165,7 @@ def test_masquerade(lab, tmp_path, form):
 table inet {TABLE} {{
     chain postrouting {{
         type nat hook postrouting priority srcnat; policy accept;
-        oifname "gw-srv" masquerade
+        oifname "gw-srv" counter masquerade
     }}
 }}
 """
@@ -110,7 +182,7 @@ COMMIT
     if form == "nft":
         steps += [("tcp", C6, 0, S6, TCP_PORT), ("ping", C6, S6, 0x4343)]
     run, rules = observe_rules(lab, tmp_path, form, nft, ipt, lambda: serve_both(lab, steps))
-    problems = check(run, rules, iface_names=IFACES)
+    problems = check(run, rules, iface_names=IFACES) + compare_counters(run)
     masq = {GW4_S, GW6_S}
     lab_check(run, len(run.kernel) == len([s for s in steps]) and
               all(tdict(r["reply"])["dst"] in masq for r in run.kernel),
@@ -142,12 +214,12 @@ table ip {TABLE} {{
     }}
     chain marks {{
         type filter hook prerouting priority filter; policy accept;
-        ct state new tcp dport {TCP_PORT} ct mark set 0x2a
+        ct state new tcp dport {TCP_PORT} counter ct mark set 0x2a
     }}
     chain postrouting {{
         type nat hook postrouting priority srcnat; policy accept;
-        oifname "gw-srv" meta l4proto {{ tcp, udp }} snat to {SNAT4}:{lo}-{hi}
-        oifname "gw-srv" snat to {SNAT4}
+        oifname "gw-srv" meta l4proto {{ tcp, udp }} counter snat to {SNAT4}:{lo}-{hi}
+        oifname "gw-srv" counter snat to {SNAT4}
     }}
 }}
 """
@@ -177,7 +249,8 @@ COMMIT
         ("refused", C4, 61005, S4, CLOSED_PORT),   # kept port; the ICMP error translated back
     ]
     run, rules = observe_rules(lab, tmp_path, form, nft, ipt, lambda: serve(lab, S4, steps))
-    problems = check(run, rules, port_ranges={6: SNAT_PORTS, 17: SNAT_PORTS}, iface_names=IFACES)
+    problems = check(run, rules, port_ranges={6: SNAT_PORTS, 17: SNAT_PORTS}, iface_names=IFACES) \
+        + compare_counters(run)
     kernel = kernel_by_source(run)
     lab_check(run, (6, C4, "61003", str(TCP_PORT)) in kernel and
               kernel[(6, C4, "61003", str(TCP_PORT))]["dport"] == "61003", "the free port was kept")
@@ -198,8 +271,8 @@ table ip {TABLE} {{
     chain prerouting {{
         type nat hook prerouting priority dstnat; policy accept;
         iifname "gw-srv" tcp dport 8080 dnat to {C4}:9
-        iifname "gw-cli" ip daddr {GW4_C} tcp dport 8080 ct mark set 0x7 dnat to {S4}:{TCP_PORT}
-        iifname "gw-cli" ip daddr {GW4_C} udp dport 8053 dnat to {S4}:{UDP_PORT}
+        iifname "gw-cli" ip daddr {GW4_C} tcp dport 8080 counter ct mark set 0x7 dnat to {S4}:{TCP_PORT}
+        iifname "gw-cli" ip daddr {GW4_C} udp dport 8053 counter dnat to {S4}:{UDP_PORT}
     }}
     chain postrouting {{
         type nat hook postrouting priority srcnat; policy accept;
@@ -219,7 +292,7 @@ COMMIT
 """
     steps = [("tcp", C4, 0, GW4_C, 8080), ("udp", C4, 0, GW4_C, 8053), ("tcp", C4, 0, GW4_C, 8080)]
     run, rules = observe_rules(lab, tmp_path, form, nft, ipt, lambda: serve(lab, S4, steps))
-    problems = check(run, rules, iface_names=IFACES)
+    problems = check(run, rules, iface_names=IFACES) + compare_counters(run)
     lab_check(run, len(run.kernel) == 3 and all(tdict(r["reply"])["src"] == S4 for r in run.kernel),
               f"three connections, each translated to {S4}")
     marks = sorted(r["extras"].get("mark") for r in run.kernel)

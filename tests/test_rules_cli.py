@@ -1,0 +1,141 @@
+"""`fastct track --iptables/--nft ... --iface ...` and `fastct rules`: the interface model on captures.
+
+Input interfaces come from a pcapng file's interface names (if_name) or, for classic pcap,
+--in-iface; output interfaces from the --iface prefixes, else --out-iface.  Expected tables are
+worked out from the rules: which connections a rule matches, what masquerade and redirect map to.
+"""
+import struct
+
+import pytest
+
+from conftest import run_cli
+from pkt import SYN
+from test_capture import epb, idb, shb
+from test_nat_cli import write_pcap
+from test_nat_engine import tcp, udp
+
+LINKTYPE_ETHERNET = 1
+C1, SRV, PEER = "10.0.0.1", "93.184.216.34", "198.51.100.7"
+IFACES = ["--iface", "lan=10.0.0.254/24", "--iface", "wan=203.0.113.5/24", "--out-iface", "wan"]
+
+NAT_RULES = """*nat
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+-A PREROUTING -i wan -p tcp -m tcp --dport 2222 -j DNAT --to-destination 10.0.0.9:22
+-A PREROUTING -i lan -p tcp -m tcp --dport 80 -j REDIRECT --to-ports 3128
+-A POSTROUTING -o wan -j MASQUERADE
+COMMIT
+"""
+
+
+def write_pcapng_ifaces(path, names, packets):
+    """pcapng: one Ethernet IDB per name (if_name option), then (iface, frame) packets."""
+    e = "<"
+    data = shb(e) + b"".join(idb(e, LINKTYPE_ETHERNET, name=n) for n in names)
+    for i, (iface, frame) in enumerate(packets):
+        data += epb(e, iface, 1_000_000 + i, frame)
+    path.write_bytes(data)
+    return path
+
+
+def table(out):
+    return [line for line in out.splitlines() if line.startswith("ipv")]
+
+
+@pytest.fixture
+def rules_file(tmp_path):
+    p = tmp_path / "nat.rules"
+    p.write_text(NAT_RULES)
+    return p
+
+
+def test_pcapng_interface_names_drive_the_rules(tmp_path, rules_file):
+    cap = write_pcapng_ifaces(tmp_path / "gw.pcapng", ["lan", "wan"], [
+        (0, tcp(C1, SRV, 40000, 443, SYN)),       # lan -> default route wan: masqueraded
+        (0, tcp(C1, SRV, 40001, 80, SYN)),        # lan, port 80: redirected to the lan address
+        (1, tcp(PEER, "203.0.113.5", 50000, 2222, SYN)),   # wan, 2222: dnat to 10.0.0.9:22, out lan
+        (1, tcp(PEER, SRV, 50001, 80, SYN)),      # wan, port 80: no redirect (that rule is lan's)
+    ])
+    rc, out, err = run_cli(["track", cap, "--iptables", rules_file, *IFACES])
+    assert rc == 0, err
+    lines = table(out)
+    assert len(lines) == 4
+    by_sport = {int(line.split("sport=")[1].split()[0]): line for line in lines}
+    assert "src=93.184.216.34 dst=203.0.113.5 sport=443 dport=40000" in by_sport[40000]
+    assert "src=10.0.0.254 dst=10.0.0.1 sport=3128 dport=40001" in by_sport[40001]
+    assert "src=10.0.0.9 dst=198.51.100.7 sport=22 dport=50000" in by_sport[50000]
+    # wan -> SRV is routed out of wan (default route): masqueraded too.
+    assert "src=93.184.216.34 dst=203.0.113.5 sport=80 dport=50001" in by_sport[50001]
+
+
+def test_classic_pcap_takes_in_iface(tmp_path, rules_file):
+    cap = write_pcap(tmp_path / "lan.pcap", [tcp(C1, SRV, 40001, 80, SYN)])
+    rc, out, err = run_cli(["track", cap, "--iptables", rules_file, *IFACES, "--in-iface", "lan"])
+    assert rc == 0, err
+    assert "src=10.0.0.254 dst=10.0.0.1 sport=3128 dport=40001" in table(out)[0]
+    rc, out, err = run_cli(["track", cap, "--iptables", rules_file, *IFACES, "--in-iface", "wan"])
+    assert rc == 0, err
+    # In on wan: no redirect; out of wan (default route): masqueraded.
+    assert "src=93.184.216.34 dst=203.0.113.5 sport=80 dport=40001" in table(out)[0]
+
+
+def test_undeclared_interface_is_a_usage_error(tmp_path, rules_file):
+    cap = write_pcap(tmp_path / "lan.pcap", [tcp(C1, SRV, 40001, 80, SYN)])
+    rc, out, err = run_cli(["track", cap, "--iptables", rules_file, "--iface", "lan=10.0.0.254/24"])
+    assert rc == 2 and out == ""
+    assert f"fastct: error: {rules_file}:6:" in err and "interface 'wan' is not declared" in err
+
+
+def test_pcapng_interface_name_declares_an_interface(tmp_path, rules_file):
+    # wan is declared only by the capture: its rules compile; masquerade on wan has no address
+    # (no --iface for it), so the kernel's behaviour applies: the packet is dropped.
+    cap = write_pcapng_ifaces(tmp_path / "gw.pcapng", ["lan", "wan"], [(0, tcp(C1, SRV, 40000, 443, SYN))])
+    rc, out, err = run_cli(["track", cap, "--iptables", rules_file, "--iface", "lan=10.0.0.254/24",
+                            "--out-iface", "wan", "--stats"])
+    assert rc == 0, err
+    assert table(out) == []
+    assert "redirect or masquerade with no address" in out
+
+
+def test_show_rules_prints_counters(tmp_path):
+    rules = tmp_path / "r.rules"
+    rules.write_text("*raw\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+                     "-A PREROUTING -p udp -m udp --dport 53 -j CT --notrack\nCOMMIT\n")
+    frames = [udp(C1, SRV, 5000, 53), udp(C1, SRV, 5001, 53), tcp(C1, SRV, 40000, 80, SYN)]
+    cap = write_pcap(tmp_path / "c.pcap", frames)
+    rc, out, err = run_cli(["track", cap, "--iptables", rules, "--show-rules"])
+    assert rc == 0, err
+    assert len(table(out)) == 1
+    # Every iptables rule counts what it matches: two DNS datagrams, IP length 33 each.
+    assert "0: meta l4proto udp th dport 53 counter notrack    [packets 2 bytes 66]" in out
+
+
+def test_rules_command(tmp_path, rules_file):
+    rc, out, err = run_cli(["rules", "--iptables", rules_file, *IFACES])
+    assert rc == 0, err
+    assert "  0: lan 10.0.0.254/24" in out and "  1: wan 203.0.113.5/24 (default route)" in out
+    assert 'chain ip nat PREROUTING (type nat hook prerouting priority -100; nat prerouting' in out
+    assert '  0: iifname "wan" meta l4proto tcp th dport 2222 counter dnat ip to 10.0.0.9:22' in out
+    assert '  1: iifname "lan" meta l4proto tcp th dport 80 counter redirect to :3128' in out
+    assert '  2: oifname "wan" counter masquerade' in out
+    rc, out, err = run_cli(["rules"])
+    assert rc == 2 and "needs --nft FILE or --iptables FILE" in err
+    rc, out, err = run_cli(["rules", "--iptables", tmp_path / "missing"])
+    assert rc == 2 and "missing" in err
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--iface", "lan"], "--iface takes NAME=ADDR[/PREFIX]"),
+    (["--iface", "lan=10.0.0.300"], "is not an address"),
+    (["--iface", "a very long name=10.0.0.1"], "is not an interface name"),
+    (["--in-iface", "x/y"], "is not an interface name"),
+    (["--snat", "1.2.3.4", "--iptables", "RULES"], "put the NAT rules in the ruleset"),
+    (["--nft", "A", "--iptables", "B"], "give one ruleset"),
+])
+def test_option_errors(tmp_path, rules_file, args, message):
+    cap = write_pcap(tmp_path / "c.pcap", [tcp(C1, SRV, 1, 2, SYN)])
+    args = [str(rules_file) if a == "RULES" else a for a in args]
+    rc, out, err = run_cli(["track", cap, *args])
+    assert rc == 2 and message in err and "Traceback" not in err
