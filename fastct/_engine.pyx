@@ -578,6 +578,9 @@ cdef class Engine:
         base = np.ascontiguousarray(prog.base, dtype=np.uint32)
         hp_first = np.asarray(prog.hp_first, dtype=np.int64)
         counters = prog.counters
+        helper_proto = np.ascontiguousarray(prog.helper_protos, dtype=np.uint8)
+        if len(helper_proto) == 0:
+            helper_proto = np.zeros(1, dtype=np.uint8)
         iif_map = None if prog.iif_map is None else np.ascontiguousarray(prog.iif_map, dtype=np.int16)
         if hp_first.shape != (FASTCT_RS_N_HOOKS + 1,) or hp_first[0] != 0 or \
                 np.any(np.diff(hp_first) < 0) or hp_first[-1] != len(base):
@@ -600,6 +603,8 @@ cdef class Engine:
                 raise ValueError("ruleset: a NAT target is out of range")
             if np.any(r["verdict"] >= FASTCT_RS_N_VERDICTS):
                 raise ValueError("ruleset: an unknown verdict")
+            if np.any(((r["stmts"] & RS_HELPER) != 0) & (r["helper"] >= len(prog.helper_protos))):
+                raise ValueError("ruleset: a helper number is out of range")
         mt = prog.matches
         if len(mt):
             addr = (mt["key"] == MK_SADDR) | (mt["key"] == MK_DADDR)
@@ -617,7 +622,8 @@ cdef class Engine:
             # nothing (see _aligned_empty).
             self._nat_raw = _aligned_empty(<Py_ssize_t>self.t.cap * sizeof(ct_nat), 64)
             self.t.nat = <ct_nat *><size_t>self._nat_raw.ctypes.data
-        self._prog = (prog, base, counters, iif_map)
+        self._prog = (prog, base, counters, iif_map, helper_proto)
+        self.t.helper_proto = <const uint8_t *><size_t>helper_proto.ctypes.data
         self.t.chains = <const rs_chain *><size_t>ch.ctypes.data
         self.t.rules = <const rs_rule *><size_t>r.ctypes.data
         self.t.matches = <const rs_match *><size_t>mt.ctypes.data

@@ -132,8 +132,8 @@ cdef inline void _statements(ct_table *t, const rs_rule *r, uint32_t ri, rs_ctx 
         c.zone_set = 1
     if s & RS_NOTRACK:
         c.notrack = 1
-    if s & RS_HELPER:
-        c.helper = r.helper + 1
+    if (s & RS_HELPER) and t.helper_proto[r.helper] == <uint8_t>(c.k[4] >> 56):
+        c.helper = r.helper + 1     # (a helper of another protocol is not attached, as the kernel)
 
 cdef inline uint8_t rs_run_chain(ct_table *t, uint32_t chain, rs_ctx *c) noexcept nogil:
     """Walk base chain `chain`: RV_ACCEPT, RV_DROP or RV_NAT (c.nat set)."""

@@ -346,6 +346,7 @@ cdef struct ct_table:
     const uint32_t *base    # base chains, grouped by hook point, each group in priority order
     uint32_t hp_first[6]    # base[hp_first[h] : hp_first[h + 1]] run at hook point h (HP_*)
     uint64_t *rule_counters # per rule: packets, bytes (its `counter` statement)
+    const uint8_t *helper_proto  # per helper (ct helper set): the protocol it is for (others ignore it)
     const int16_t *iif_map  # capture interface -> gateway interface (NULL: the same number)
     uint32_t n_iif_map
     const rs_route *routes  # the output interface of a destination (interface model)

@@ -67,6 +67,7 @@ class Program:
     nat_on: bool
     addresses: tuple[np.ndarray, np.ndarray] | None
     helpers: list[str]                            # helper number -> its type ("ftp")
+    helper_protos: list[int]                      # helper number -> its protocol (6 tcp, 17 udp)
     rule_info: list[tuple[Chain, Rule]] = field(default_factory=list)
     chain_list: list[Chain] = field(default_factory=list)
     chain_hook_point: dict[int, int | None] = field(default_factory=dict)
@@ -107,6 +108,7 @@ class _Compiler:
         self.ifs = interfaces
         self.chain_index = {(c.family, c.table, c.name): i for i, c in enumerate(ruleset.chains)}
         self.helpers: list[str] = []
+        self.helper_protos: list[int] = []
         self.helper_index: dict[tuple, int] = {}
         self.matches: list[tuple] = []
         self.iranges: list[tuple[int, int]] = []
@@ -248,8 +250,11 @@ class _Compiler:
             if h is None:
                 raise _err(rule, f"ct helper {rule.ct_helper_set!r} is not defined in table "
                                  f"{chain.family} {chain.table}", rule.ct_helper_set)
+            if h.protocol not in ("tcp", "udp"):
+                raise _err(h, f"ct helper {h.name!r}: protocol {h.protocol!r} (tcp or udp)", h.protocol)
             self.helper_index[key] = len(self.helpers)
             self.helpers.append(h.type)
+            self.helper_protos.append(6 if h.protocol == "tcp" else 17)
         return self.helper_index[key]
 
     # ---- everything ------------------------------------------------------------------------
@@ -343,6 +348,7 @@ class _Compiler:
             iif_map=self.ifs.iif_map() if self.ifs.capture or self.ifs.in_iface else None,
             default_oif=self.ifs.default_oif(), nat_on=nat_on,
             addresses=self.ifs.addresses() if uses_ifaces else None, helpers=self.helpers,
+            helper_protos=self.helper_protos,
             rule_info=rule_info, chain_list=list(chains), chain_hook_point=hook_point,
             warnings=self.warnings)
 

@@ -178,8 +178,9 @@ def test_meta_mark_set_in_raw_is_seen_by_nat_rules():
 def test_helper_is_recorded_and_listed():
     helper = Helper("inet", "t", "ftp-std", "ftp", "tcp")
     t = tracker_with([chain("f", "filter", "prerouting", 0,
-                            Rule(matches=(l4(6), dport(21)), ct_helper_set="ftp-std"))], helpers=[helper])
-    run(t, [tcp(C1, SRV, 40000, 21, SYN), tcp(C1, SRV, 40001, 80, SYN)])
+                            Rule(matches=(dport(21),), ct_helper_set="ftp-std"))], helpers=[helper])
+    # The UDP datagram to port 21 matches too, but an ftp helper for tcp is not attached to it.
+    run(t, [tcp(C1, SRV, 40000, 21, SYN), tcp(C1, SRV, 40001, 80, SYN), udp(C1, SRV, 40002, 21)])
     assert t.helper_names() == ["ftp"]
     lines = format_table(t.entries(), t.replies(), t.cold()["start"], t.now, t.helper_names())
     assert sum(" helper=ftp use=1" in x for x in lines) == 1
