@@ -182,14 +182,13 @@ class _Compiler:
                 raise _err(m, f"{m.key} {where}: before conntrack there is no connection "
                               f"(it never matches)", m.key)
 
-    def _ranges_int(self, pairs) -> tuple[int, int]:
-        first = len(self.iranges)
-        for lo, hi in pairs:
-            self.iranges.append((int(lo), int(hi)))
-        return first, len(pairs)
+    @staticmethod
+    def _ranges_int(pairs) -> tuple:
+        """Integer ranges, allocated in iranges when the rule is emitted (see _emit)."""
+        return ("i", tuple((int(lo), int(hi)) for lo, hi in pairs))
 
     def _match(self, m: Match, chain: Chain) -> list[tuple]:
-        """A Match -> rows (key, neg, l3, mask, first, count)."""
+        """A Match -> specs (key, neg, l3, mask, (range kind 'i' or 'a', ranges)), see _emit."""
         neg = 1 if m.negate else 0
         key = m.key
         if key in ("iifname", "oifname"):
@@ -203,41 +202,50 @@ class _Compiler:
                     self.warnings.append(f"{m.loc}: interface pattern {name!r} matches no declared "
                                          f"interface" if m.loc else f"{name!r} matches no interface")
                 numbers += found
-            first, count = self._ranges_int([(n, n) for n in sorted(set(numbers))])
-            return [(KEYS[_KEY_OF[key]], neg, 0, 0xFFFFFFFF, first, count)]
+            return [(KEYS[_KEY_OF[key]], neg, 0, 0xFFFFFFFF,
+                     self._ranges_int([(n, n) for n in sorted(set(numbers))]))]
         if key in ("iif", "oif"):
-            first, count = self._ranges_int([(n, n) for n in m.values])
-            return [(KEYS[key], neg, 0, 0xFFFFFFFF, first, count)]
+            return [(KEYS[key], neg, 0, 0xFFFFFFFF, self._ranges_int([(n, n) for n in m.values]))]
         if key in ("saddr", "daddr"):
             fam = {a.version for pair in m.values for a in pair}
             if len(fam) != 1:
                 raise _err(m, f"{key}: addresses of one family only")
-            first = len(self.aranges)
-            for lo, hi in m.values:
-                self.aranges.append((lo.packed.ljust(16, b"\0"), hi.packed.ljust(16, b"\0")))
-            return [(KEYS[key], neg, L3[fam.pop()], 0xFFFFFFFF, first, len(m.values))]
+            pairs = tuple((lo.packed.ljust(16, b"\0"), hi.packed.ljust(16, b"\0")) for lo, hi in m.values)
+            return [(KEYS[key], neg, L3[fam.pop()], 0xFFFFFFFF, ("a", pairs))]
         if key == "nfproto":
-            first, count = self._ranges_int([(v, v) for v in m.values])
-            return [(KEYS[key], neg, 0, 0xFFFFFFFF, first, count)]
+            return [(KEYS[key], neg, 0, 0xFFFFFFFF, self._ranges_int([(v, v) for v in m.values]))]
         if key == "ct state":
             bits = 0
             for name in m.values:
                 if name not in CT_STATE_BITS:
                     raise _err(m, f"unknown ct state {name!r}", name)
                 bits |= CT_STATE_BITS[name]
-            return [(KEYS[key], neg, 0, bits, 0, 0)]
+            return [(KEYS[key], neg, 0, bits, ("i", ()))]
         if key == "ct direction":
-            first, count = self._ranges_int([(CT_DIRECTIONS.index(v),) * 2 for v in m.values])
-            return [(KEYS[key], neg, 0, 0xFFFFFFFF, first, count)]
+            return [(KEYS[key], neg, 0, 0xFFFFFFFF,
+                     self._ranges_int([(CT_DIRECTIONS.index(v),) * 2 for v in m.values]))]
         if key in ("l4proto", "sport", "dport", "ct zone", "ct mark", "meta mark"):
-            first, count = self._ranges_int(m.values)
             mask = 0xFFFFFFFF if m.mask is None else m.mask
-            return [(KEYS[key], neg, 0, mask, first, count)]
+            return [(KEYS[key], neg, 0, mask, self._ranges_int(m.values))]
         raise _err(m, f"unknown match key {key!r}", key)
 
+    def _emit(self, specs: list[tuple]) -> list[tuple]:
+        """A rule's match rows, their ranges allocated, without repeats: `meta l4proto tcp tcp
+        dport 80` (or iptables' `-p tcp -m tcp --dport 80`) tests the protocol once, so a ruleset
+        and its equivalent in the other syntax compile to the same arrays."""
+        out, seen = [], set()
+        for spec in specs:
+            if spec in seen:
+                continue
+            seen.add(spec)
+            key, neg, l3, mask, (kind, values) = spec
+            table = self.aranges if kind == "a" else self.iranges
+            out.append((key, neg, l3, mask, len(table), len(values)))
+            table.extend(values)
+        return out
+
     def _family_rows(self, family: int) -> list[tuple]:
-        first, count = self._ranges_int([(family, family)])
-        return [(KEYS["nfproto"], 0, 0, 0xFFFFFFFF, first, count)]
+        return [(KEYS["nfproto"], 0, 0, 0xFFFFFFFF, self._ranges_int([(family, family)]))]
 
     def _target(self, rule: Rule) -> int:
         self.targets.append(rule.nat)
@@ -280,6 +288,7 @@ class _Compiler:
                     rows += self._family_rows(rule.nat.family)
                 for m in rule.matches:
                     rows += self._match(m, chain)
+                rows = self._emit(rows)
                 stmts = 0
                 if rule.counter:
                     stmts |= STMTS["counter"]
@@ -433,7 +442,11 @@ def _is_target(prog: Program, chain: Chain) -> bool:
 def rule_text(prog: Program, ri: int) -> str:
     """One rule as fastct understood it: matches, statements, verdict, in nft's words."""
     _, rule = prog.rule_info[ri]
-    parts = [_match_text(m) for m in rule.matches]
+    parts = []
+    for m in rule.matches:             # (a repeated test is compiled once, see _emit)
+        text = _match_text(m)
+        if text not in parts:
+            parts.append(text)
     if rule.counter:
         parts.append("counter")
     if rule.ct_zone_set is not None:
