@@ -139,3 +139,62 @@ def test_option_errors(tmp_path, rules_file, args, message):
     args = [str(rules_file) if a == "RULES" else a for a in args]
     rc, out, err = run_cli(["track", cap, *args])
     assert rc == 2 and message in err and "Traceback" not in err
+
+
+NFT_RULES = """#!/usr/sbin/nft -f
+table inet gw {
+    ct helper ftp-standard {
+        type "ftp" protocol tcp
+    }
+    chain raw {
+        type filter hook prerouting priority raw; policy accept;
+        udp dport 53 counter notrack
+    }
+    chain helpers {
+        type filter hook prerouting priority filter; policy accept;
+        ct state new tcp dport 21 counter ct helper set "ftp-standard"
+    }
+    chain post {
+        type nat hook postrouting priority srcnat; policy accept;
+        oifname "wan" counter masquerade
+    }
+}
+"""
+
+
+def test_nft_file_with_helper_counters_and_warning(tmp_path):
+    rules = tmp_path / "gw.nft"
+    rules.write_text(NFT_RULES)
+    frames = [tcp(C1, SRV, 40000, 21, SYN), udp(C1, SRV, 5000, 53), tcp(C1, SRV, 40001, 80, SYN)]
+    cap = write_pcap(tmp_path / "c.pcap", frames)
+    rc, out, err = run_cli(["track", cap, "--nft", rules, *IFACES, "--in-iface", "lan", "--show-rules"])
+    assert rc == 0, err
+    lines = table(out)
+    assert len(lines) == 2                                   # the DNS datagram is not tracked
+    ftp = [x for x in lines if "dport=21 " in x][0]
+    assert ftp.endswith(" helper=ftp use=1") and "dst=203.0.113.5 sport=21 dport=40000" in ftp
+    assert not [x for x in lines if "dport=80 " in x][0].count("helper=")
+    assert f"fastct: warning: {rules}:3:5: ct helper 'ftp-standard' (type ftp)" in err
+    assert "not modelled yet" in err
+    # Counters: SYNs are 40 bytes of IP, the DNS datagram 33.
+    assert "th dport 53 counter notrack    [packets 1 bytes 33]" in out
+    assert 'ct helper set "ftp-standard"    [packets 1 bytes 40]' in out
+    assert 'oifname "wan" counter masquerade    [packets 2 bytes 80]' in out
+
+
+@pytest.mark.parametrize("text,where", [
+    ("table inet t {\n  chain c {\n    type nat hook prerouting priority dstnat;\n    tcp dport 80 dnat to\n  }\n}\n",
+     ":4:"),
+    ("table inet t {\n  chain c {\n    type filter hook prerouting priority 0;\n    notrack\n  }\n}\n",
+     ":4:5: notrack in chain inet t c: works only before conntrack"),
+    ("table ip t {\n  chain c {\n    type nat hook postrouting priority 100;\n    oifname \"ppp0\" masquerade\n  }\n}\n",
+     ":4:5: interface 'ppp0' is not declared"),
+])
+def test_nft_errors_name_file_line_and_column(tmp_path, text, where):
+    rules = tmp_path / "bad.nft"
+    rules.write_text(text)
+    cap = write_pcap(tmp_path / "c.pcap", [tcp(C1, SRV, 1, 2, SYN)])
+    for argv in (["track", cap, "--nft", rules, *IFACES], ["rules", "--nft", rules, *IFACES]):
+        rc, out, err = run_cli(argv)
+        assert rc == 2 and out == "" and "Traceback" not in err
+        assert f"fastct: error: {rules}{where}" in err, err
