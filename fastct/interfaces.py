@@ -118,8 +118,9 @@ class Interfaces:
             names = [self.in_iface or "if0"] * max(len(interfaces), 1)
         else:
             names = [i.name or f"if{n}" for n, i in enumerate(interfaces)]
-        for name in names:
-            check_name(name, "capture interface")
+        # (A capture's names are taken as they are, e.g. Windows' \Device\NPF_{...}: a rule can only
+        # name interfaces of up to 15 characters, as Linux, so such an interface matches only a
+        # wildcard such as "*".)
         return Interfaces(dict(self.declared), self.in_iface, self.out_iface, names)
 
     def addresses(self) -> tuple[np.ndarray, np.ndarray]:

@@ -198,3 +198,14 @@ def test_nft_errors_name_file_line_and_column(tmp_path, text, where):
         rc, out, err = run_cli(argv)
         assert rc == 2 and out == "" and "Traceback" not in err
         assert f"fastct: error: {rules}{where}" in err, err
+
+
+def test_capture_interface_names_are_taken_as_they_are(tmp_path, rules_file):
+    """A Windows capture's interface name is no Linux name; the capture still runs, the interface
+    is simply one no rule names (it comes in on it, and leaves by the default route)."""
+    name = "\\Device\\NPF_{F26A4083-C693-4956-B92E-F2DCB44767B8}"
+    cap = write_pcapng_ifaces(tmp_path / "win.pcapng", [name], [(0, tcp(C1, SRV, 40001, 80, SYN))])
+    rc, out, err = run_cli(["track", cap, "--iptables", rules_file, *IFACES])
+    assert rc == 0, err
+    # Not in on lan, so no redirect; out of wan: masqueraded.
+    assert "src=93.184.216.34 dst=203.0.113.5 sport=80 dport=40001" in table(out)[0]
