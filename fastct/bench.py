@@ -85,14 +85,35 @@ def make_tracker(opts: BenchOptions, max_conns: int, prefault: bool = False) -> 
         nat = NatRules([NatRule(action="dnat", proto="tcp", to_min=_ip_text(NAT_BACKEND[0]),
                                 to_ports=int(NAT_BACKEND[1]))])
     tracker = Tracker(max_conns=max_conns, seed=opts.seed, prefault=prefault, nat=nat)
+    if opts.nat == "rules":
+        tracker.load_nft(RULES_NFT.format(backend=_ip_text(NAT_BACKEND[0]), port=NAT_BACKEND[1]),
+                         source="bench")
     return tracker
 
 
 # NAT on: every TCP connection is DNAT'd to one backend (a load balancer's VIP traffic), so each gets
 # a translated reply tuple, a second index slot and rewritten packets in both directions; the
 # backend answers from its own address and port, as it would behind the gateway.
-NAT_MODES = ("off", "dnat")
+# "rules": the same DNAT from an nftables ruleset, with the chains a gateway typically has around it
+# and that every packet walks: a raw chain (a notrack rule that matches nothing here) and a filter
+# chain counting established packets; so it measures what a ruleset costs per packet.
+NAT_MODES = ("off", "dnat", "rules")
 NAT_BACKEND = (0x0AFF0001, 8443)          # 10.255.0.1:8443
+RULES_NFT = """table ip bench {{
+    chain raw {{
+        type filter hook prerouting priority raw; policy accept;
+        udp dport 53 notrack
+    }}
+    chain filter {{
+        type filter hook prerouting priority filter; policy accept;
+        ct state established counter
+    }}
+    chain pre {{
+        type nat hook prerouting priority dstnat; policy accept;
+        tcp dport 1-65535 dnat to {backend}:{port}
+    }}
+}}
+"""
 
 
 def _ip_text(value: int) -> str:
@@ -101,7 +122,7 @@ def _ip_text(value: int) -> str:
 
 def _reply_side(opts: BenchOptions | None):
     """Where reply-direction frames come from under this NAT mode (None: the server itself)."""
-    return NAT_BACKEND if opts is not None and opts.nat == "dnat" else None
+    return NAT_BACKEND if opts is not None and opts.nat in ("dnat", "rules") else None
 
 
 def parse_popularity(text: str) -> float:
@@ -844,9 +865,10 @@ def add_arguments(p):
     p.add_argument("--seed", type=_single(_seed, "--seed"), default=1, metavar="N",
                    help="seed of the traffic generators and the tracker's hash (default 1)")
     p.add_argument("--nat", type=_comma_list(_nat_mode, "--nat"), default="off", metavar="LIST",
-                   help="established and new: comma list of off and dnat (every connection DNAT'd "
-                        "to one backend: translated reply tuples, rewritten packets), each measured "
-                        "in the same run (default off)")
+                   help="established and new: comma list of off, dnat (every connection DNAT'd "
+                        "to one backend: translated reply tuples, rewritten packets) and rules (the "
+                        "same DNAT from an nftables ruleset with a raw and a filter chain every "
+                        "packet walks), each measured in the same run (default off)")
     p.add_argument("--json", action="store_true",
                    help="one JSON object per result and line: the text's figures (peak RSS is the "
                         "process's so far) plus scenario, conns, batch_size, packets, repeats, "
