@@ -124,7 +124,8 @@ def ruleset_layouts():
                     "helper": <char *>&r.helper - <char *>&r, "_pad": <char *>&r._pad - <char *>&r,
                     "__size__": sizeof(rs_rule)},
         "rs_chain": {"first": <char *>&c.first - <char *>&c, "count": <char *>&c.count - <char *>&c,
-                     "policy": <char *>&c.policy - <char *>&c, "_pad": <char *>&c._pad - <char *>&c,
+                     "policy": <char *>&c.policy - <char *>&c, "l3": <char *>&c.l3 - <char *>&c,
+                     "_pad": <char *>&c._pad - <char *>&c,
                      "__size__": sizeof(rs_chain)},
         "rs_route": {"prefix": <char *>&rt.prefix - <char *>&rt, "l3": <char *>&rt.l3 - <char *>&rt,
                      "plen": <char *>&rt.plen - <char *>&rt, "oif": <char *>&rt.oif - <char *>&rt,
@@ -264,8 +265,8 @@ cdef inline void _packet_chains(ct_table *t, const pkt_meta *m, uint16_t iface, 
     if rs_has(t, HP_PRE):
         rs_hook(t, HP_PRE, &c)
     if rs_has(t, HP_LATE):
-        memcpy(view, k, 40)
         if idx >= 0 and (t.e[idx].status & IPS_NAT_MASK) and not (m.pflags & PF_RELATED):
+            memcpy(view, k, 40)
             e = &t.e[idx]
             if m.dir == DIR_ORIGINAL:
                 other = &t.nat[idx].r[0]
@@ -276,7 +277,7 @@ cdef inline void _packet_chains(ct_table *t, const pkt_meta *m, uint16_t iface, 
             proto = <uint8_t>(k[4] >> 56)
             if proto != IP_PROTO_ICMP and proto != IP_PROTO_ICMP6:
                 view[4] = (view[4] & ~(<uint64_t>0xFFFF << 16)) | ((other[4] & 0xFFFF) << 16)
-        c.k = view
+            c.k = view
         rs_hook(t, HP_LATE, &c)
     if c.mark_set and idx >= 0:
         t.e[idx].mark = c.ct_mark

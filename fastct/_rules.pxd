@@ -144,6 +144,8 @@ cdef inline uint8_t rs_run_chain(ct_table *t, uint32_t chain, rs_ctx *c) noexcep
     cdef uint32_t end = pos + t.chains[chain].count
     cdef const rs_rule *r
     cdef uint8_t v
+    if t.chains[chain].l3 and t.chains[chain].l3 != <uint8_t>(c.k[4] >> 48):
+        return RV_ACCEPT                     # (the hook runs only its own family's tables)
     while True:
         if pos >= end:
             if depth == 0:

@@ -277,7 +277,9 @@ cdef struct rs_chain:
     uint32_t first          # 0 rules[first : first + count]
     uint32_t count          # 4
     uint8_t policy          # 8 RV_ACCEPT or RV_DROP: a base chain's verdict when no rule decides
-    uint8_t _pad[3]         # 9 (to 12 bytes)
+    uint8_t l3              # 9 its table's family (L3_IPV4 / L3_IPV6; 0 inet): a base chain passes
+                            #   packets of another family by (a table ip's chains never see IPv6)
+    uint8_t _pad[2]         # 10 (to 12 bytes)
 
 # A route of the interface model: destinations in prefix/plen leave by interface `oif` (longest
 # prefix first in the array, so the first match wins).

@@ -277,13 +277,13 @@ class _Compiler:
             if chain.is_base and hps and chain.policy != "accept":
                 raise _err(chain, f"chain {chain.id}: policy {chain.policy} is not supported yet "
                                   f"(fastct models conntrack and NAT, not the firewall's verdicts)")
-            chain_arr[ci] = (len(rule_rows), len(chain.rules), VERDICTS["accept"], 0)
             table_family = {"ip": 4, "ip6": 6}.get(chain.family)
+            # The table's family is checked once per chain (rs_chain.l3), not per rule.
+            chain_arr[ci] = (len(rule_rows), len(chain.rules), VERDICTS["accept"],
+                             L3.get(table_family, 0), 0)
             for rule in chain.rules:
                 self._check_rule(chain, rule, hps)
                 rows = []
-                if table_family is not None:
-                    rows += self._family_rows(table_family)
                 if rule.nat is not None and rule.nat.family is not None and rule.nat.family != table_family:
                     rows += self._family_rows(rule.nat.family)
                 for m in rule.matches:

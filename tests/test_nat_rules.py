@@ -512,9 +512,11 @@ def test_compile_rules_and_matches():
     # chains in the ruleset's order: prerouting (rules 0-1), postrouting (rules 2-3), policy accept
     assert prog.chains.dtype == CHAIN_DTYPE and prog.chains.shape == (2,)
     _check_row(CHAIN_DTYPE, prog.chains[0], {"first": u32("00000000"), "count": u32("02000000"),
-                                             "policy": bytes([VERDICT["accept"]]), "_pad": bytes(3)})
+                                             "policy": bytes([VERDICT["accept"]]), "l3": b"\x00",  # inet
+                                             "_pad": bytes(2)})
     _check_row(CHAIN_DTYPE, prog.chains[1], {"first": u32("02000000"), "count": u32("02000000"),
-                                             "policy": bytes([VERDICT["accept"]]), "_pad": bytes(3)})
+                                             "policy": bytes([VERDICT["accept"]]), "l3": b"\x00",
+                                             "_pad": bytes(2)})
 
     # the dnat rule: matches 0-7, no statement, verdict nat with target 0
     assert prog.rules.dtype == RULE_DTYPE and prog.rules.shape == (4,)
