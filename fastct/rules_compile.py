@@ -419,6 +419,8 @@ def describe(prog: Program, counters: bool = False) -> list[str]:
             if counters:
                 p, b = (int(x) for x in prog.counters[ri])
                 text += f"    [packets {p} bytes {b}]"
+            if rule.loc is not None:
+                text += f"    # {rule.loc.file}:{rule.loc.line}"      # where it was written
             lines.append(f"  {ri}: {text}")
 
     for ci in order:

@@ -90,7 +90,8 @@ def test_same_arrays(nft, ipt, rules):
     for name in ("chains", "rules", "matches", "iranges", "aranges", "targets", "base", "routes"):
         assert getattr(a, name).tobytes() == getattr(b, name).tobytes(), name
     assert a.hp_first == b.hp_first
-    assert describe(a) == describe(b)
+    where = lambda lines: [x.split("    # ")[0] for x in lines]       # noqa: E731 (not the source lines)
+    assert where(describe(a)) == where(describe(b))
 
 
 def test_a_difference_shows():
