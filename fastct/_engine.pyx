@@ -645,6 +645,7 @@ cdef class Engine:
         self.t.routes = <const rs_route *><size_t>prog.routes.ctypes.data
         self.t.n_routes = <uint32_t>len(prog.routes)
         self.t.default_oif = <int32_t>prog.default_oif
+        self.t.route_drop = 1 if len(prog.routes) else 0
         self.t.nat_on = 1 if prog.nat_on else 0
         self.t.rs_on = 1
 
@@ -1010,6 +1011,7 @@ cdef class Engine:
                 zbits = <uint64_t>(m.vlan if zone_from_vlan else zone) << 32
                 m.k[4] |= zbits
                 m.meta_mark = 0
+                m.helper = 0
                 if t.rs_on and rs_has(t, HP_RAW) and m.l3 != NULL:
                     # The raw chains (priority below conntrack's): every packet, before tracking,
                     # by its outer header for an ICMP error; no connection yet (ct state reads
@@ -1022,6 +1024,7 @@ cdef class Engine:
                         rc.k = m.k
                     rs_hook(t, HP_RAW, &rc)
                     m.meta_mark = rc.meta_mark
+                    m.helper = rc.helper         # (iptables' CT --helper: a template)
                     if rc.notrack:
                         m.kind = PK_UNTRACKED
                         continue
@@ -1260,6 +1263,7 @@ cdef class Engine:
                 # connection is indexed so that its own tuples are not in the way of the
                 # uniqueness checks.
                 _ctx_init(&rc, t, m, iface[i], CTS_NEW, True)
+                rc.helper = m.helper
                 nat_setup(t, m.k, &rc, oif[i] if oif != NULL else -1, idx, &nat)
                 if nat.reason != R_VALID:
                     if reused >= 0:
@@ -1267,7 +1271,7 @@ cdef class Engine:
                     if idx >= 0:
                         e.expires = m.now
                     _drop(t, o_state, o_entry, o_dir, i, nat.reason)
-                    if nat.reason != R_RULESET_DROP:
+                    if nat.reason != R_RULESET_DROP and nat.reason != R_NO_ROUTE:
                         t.stats[ST_INSERT_FAILED] += 1
                     continue
             if reused >= 0:

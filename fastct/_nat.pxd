@@ -348,6 +348,9 @@ cdef inline void nat_setup(ct_table *t, const uint64_t *orig, rs_ctx *c, int32_t
         out.reason = R_RULESET_DROP
         return
     c.oif = out_if if out_if >= 0 else rs_out_iface(t, k)
+    if c.oif < 0 and t.route_drop:
+        out.reason = R_NO_ROUTE             # the gateway has no route for it: never forwarded
+        return
     if rs_has(t, HP_SNAT):
         v = rs_hook(t, HP_SNAT, c)
         if v == RV_DROP:

@@ -132,6 +132,7 @@ cdef inline void _statements(ct_table *t, const rs_rule *r, uint32_t ri, rs_ctx 
         c.zone_set = 1
     if s & RS_NOTRACK:
         c.notrack = 1
+        c.ct_state = CTS_UNTRACKED       # (later rules see it untracked, as the kernel's notrack)
     if (s & RS_HELPER) and t.helper_proto[r.helper] == <uint8_t>(c.k[4] >> 56):
         c.helper = r.helper + 1     # (a helper of another protocol is not attached, as the kernel)
 

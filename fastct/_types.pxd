@@ -55,7 +55,7 @@ cdef extern from "ct_defs.h" nogil:
         R_ICMP_ERROR_DADDR, R_ICMP_UNKNOWN_TYPE, R_CHECKSUM, R_IP_CHECKSUM, R_UDPLITE_NO_CSUM, R_SCTP_INVALID, R_SCTP_NO_NEW
         R_DCCP_INVALID, R_DCCP_NO_NEW, R_GRE_BAD, R_FRAG_NO_ROOM, R_FRAG_BAD, R_FRAG_DUP, R_FRAG_OVERLAP
         R_FRAG_TOO_MANY, R_FRAG_UNALIGNED, R_ICMP_WRONG_FAMILY, R_TABLE_FULL, R_ZONE_LIMIT
-        R_CHAIN_TOO_LONG, R_NAT_NO_TUPLE, R_NAT_NO_ADDR, R_RULESET_DROP, R_N
+        R_CHAIN_TOO_LONG, R_NAT_NO_TUPLE, R_NAT_NO_ADDR, R_RULESET_DROP, R_NO_ROUTE, R_N
     enum:
         ST_FOUND, ST_INVALID, ST_INSERT, ST_INSERT_FAILED, ST_DROP, ST_EARLY_DROP, ST_ERROR
         ST_SEARCH_RESTART, ST_CLASH_RESOLVE, ST_CHAINTOOLONG, ST_PACKETS, ST_UNTRACKED, ST_NON_IP
@@ -212,6 +212,7 @@ cdef struct pkt_meta:
     uint8_t pflags          # PF_* bits below
     uint8_t hoplimit        # IPv6 hop limit (redirects must carry 255)
     uint8_t cand_reply      # stage 2's candidate came from a NAT reply-tuple slot
+    uint8_t helper          # a raw chain's template helper for a new connection (number + 1; 0 none)
     const uint8_t *l3       # the IP header in the batch buffer (valid during the batch)
     const uint8_t *l4       # the transport header in the batch buffer (valid during the batch)
     const int64_t *to       # the timeouts for this packet's zone (ct_table.timeouts or a policy)
@@ -354,6 +355,8 @@ cdef struct ct_table:
     const rs_route *routes  # the output interface of a destination (interface model)
     uint32_t n_routes
     int32_t default_oif     # where destinations no route holds leave (-1: unknown)
+    uint32_t route_drop     # an interface model is set: a new connection no route holds (and no
+                            # default) is dropped (R_NO_ROUTE), as the gateway would
     const uint8_t *if_addr  # per gateway interface: IPv4 then IPv6 address (32 bytes), for
                             # redirect (input interface) and masquerade (output interface)
     const uint8_t *if_has   # per interface: bit 0 an IPv4 address is set, bit 1 an IPv6 one

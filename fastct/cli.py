@@ -251,12 +251,10 @@ def cmd_track(args) -> int:
         tracker = Tracker(max_conns=args.max_conns, seed=args.seed, sysctl=sysctl,
                           timeout_policies=policies, dccp_tracker=args.dccp_tracker,
                           zone_limits=limits)
-        if ruleset is not None:
-            tracker.set_ruleset(ruleset, model)
+        if ruleset is not None and model is None:
+            tracker.set_ruleset(ruleset, None)     # (no interface names: nothing from the capture)
     except ValueError as exc:          # (RulesetError is one)
         raise UsageError(str(exc)) from None
-    if ruleset is not None and ruleset.source != "NatRules":
-        _ruleset_warnings(ruleset, tracker.program, sys.stderr)
     error = None
     interrupted = False
     reader = None
@@ -264,9 +262,13 @@ def cmd_track(args) -> int:
     inv = CT_STATE_BITS["inv"]
     try:
         reader = CaptureReader(args.file, batch_size=args.batch_size, writable=bool(args.write))
-        if model is not None:
-            _capture_interfaces(tracker, args.file, reader.format)
         known = None
+        if model is not None:
+            # The capture's interface names declare interfaces too: the ruleset is compiled once
+            # they are known (a pcapng file's interfaces before its first packet).
+            known = _compile_with_capture(tracker, ruleset, model, args.file, reader)
+        if ruleset is not None and ruleset.source != "NatRules":
+            _ruleset_warnings(ruleset, tracker.program, sys.stderr)
         if args.write:
             try:
                 writer = CaptureWriter(args.write, reader)
@@ -323,6 +325,10 @@ def cmd_track(args) -> int:
                   f"not handled\n")
     if stats["non_ip"]:
         err.write(f"fastct: {stats['non_ip']} frames carried no IP (ARP, LLDP...): not tracked\n")
+    no_route = sum(n for why, n in stats["reasons"].items() if why.startswith("no route"))
+    if no_route:
+        err.write(f"fastct: {no_route} packets had no route (no --iface prefix holds their "
+                  f"destination and there is no --out-iface): dropped, as the gateway would\n")
     status = EXIT_OK
     if error is not None:
         err.write(f"fastct: error: {error}\n")
@@ -349,20 +355,26 @@ def _set_capture_interfaces(tracker, interfaces, fmt) -> None:
         raise UsageError(str(exc)) from None
 
 
-def _capture_interfaces(tracker, path, fmt) -> None:
-    """Compile the ruleset with the capture's interface names before the first packet: a pcapng
-    file's interfaces described before its first packet (read by a second, throwaway reader)."""
+def _compile_with_capture(tracker, ruleset, model, path, reader) -> int:
+    """Compile the ruleset (or the command line's NAT rules) with the interface model and the
+    capture's interface names: a pcapng file's interfaces described before its first packet (read
+    by a second, throwaway reader), a classic pcap's one interface.  Returns how many capture
+    interfaces that was."""
     from fastct.capture.reader import CaptureError, CaptureReader
-    interfaces = []
-    if fmt == "pcapng":
+    interfaces = list(reader.interfaces)
+    if reader.format == "pcapng":
         try:
             with CaptureReader(path, batch_size=1) as peek:
                 for _ in peek:
                     break
-                interfaces = peek.interfaces
+                interfaces = list(peek.interfaces)
         except CaptureError:
-            interfaces = []            # (the main reader reports the damage)
-    _set_capture_interfaces(tracker, interfaces, fmt)
+            pass                       # (the main reader reports the damage)
+    try:
+        tracker.set_ruleset(ruleset, model.with_capture(interfaces, classic=reader.format == "pcap"))
+    except ValueError as exc:          # (RulesetError is one)
+        raise UsageError(str(exc)) from None
+    return len(interfaces)
 
 
 if __name__ == "__main__":

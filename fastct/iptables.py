@@ -931,6 +931,7 @@ class _Target:
                             "has a protocol)")
         self.rp.parser.add_helper(name, protocol, value)
         self.rule.ct_helper_set = name
+        self.rule.template = True         # (the kernel's CT target attaches a conntrack template)
 
     # -- MARK / CONNMARK --
     def mark(self, name: str) -> None:

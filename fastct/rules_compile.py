@@ -14,9 +14,11 @@ prerouting priorities; conntrack is at -200, destination NAT at -100):
                                                            its output interface
 
 Chains on the input and output hooks are compiled (so `fastct rules` shows them) but never run:
-offline, no packet is addressed to or sent by the gateway itself.  Not supported yet, and refused
-with an error naming the chain: filter chains on forward and postrouting, and drop / reject in a
-chain that runs (fastct models conntrack and NAT, not the firewall's verdicts).
+offline, no packet is addressed to or sent by the gateway itself; they may name any interface.
+Filter chains on forward and postrouting are a firewall's: read, shown and not run, with a warning
+(an error if they would change a connection: ct mark set, helpers, NAT).  Drop / reject in a chain
+that runs is refused with an error naming it (fastct models conntrack and NAT, not the firewall's
+verdicts).  Base chains of equal priority run the later one first, as in the kernel.
 
 Statements that only work at some hook points are refused elsewhere rather than silently doing
 nothing, as the kernel would: `notrack` and `ct zone set` need a chain before conntrack; `ct mark set`
@@ -79,7 +81,8 @@ def _err(obj, message: str, token: str | None = None) -> RulesetError:
 
 
 def _hook_point(chain: Chain) -> int | None:
-    """Where a base chain runs (HP_*), None for never (input, output)."""
+    """Where a base chain runs (HP_*), None for never (input and output: no packet is for or from
+    the gateway; filter chains on forward and postrouting: not modelled, see _skipped)."""
     if chain.hook in ("input", "output"):
         return None
     prio = chain.priority
@@ -97,9 +100,18 @@ def _hook_point(chain: Chain) -> int | None:
         if prio < CONNTRACK_PRIORITY:
             return _HP["raw"]
         return _HP["pre"] if prio < PRIORITY_NAMES["dstnat"] else _HP["late"]
-    raise _err(chain, f"chain {chain.id}: filter chains on the {chain.hook} hook are not supported yet "
-                      f"(fastct runs prerouting filter chains and nat chains; input and output are "
-                      f"never reached offline)")
+    return None
+
+
+def _skipped(chain: Chain) -> bool:
+    """A filter chain on forward or postrouting: a firewall's chain, whose accept/drop verdicts
+    fastct does not model.  It is read and shown but not run, with a warning; one that would change
+    conntrack (marks, helpers, NAT) is an error instead."""
+    return chain.is_base and chain.type == "filter" and chain.hook in ("forward", "postrouting")
+
+
+_CONNTRACK_STATEMENTS = (("ct_mark_set", "ct mark set"), ("ct_helper_set", "ct helper set"),
+                         ("ct_zone_set", "ct zone set"), ("nat", "NAT"))
 
 
 class _Compiler:
@@ -147,10 +159,33 @@ class _Compiler:
                 hp = _hook_point(c)
                 if hp is not None:
                     visit(i, hp, [], 0)
+                elif _skipped(c):
+                    self._skip(i, [])
             else:
                 for _ in self._targets_of(c):        # check targets exist even if never reached
                     pass
         return where
+
+    def _skip(self, i: int, path: list[int]):
+        """A forward / postrouting filter chain (and what it jumps to): not run; refused if it
+        would change conntrack."""
+        chains = self.rs.chains
+        if i in path or len(path) > MAX_DEPTH:
+            return                          # (loops there are harmless: it never runs)
+        chain = chains[i]
+        for rule in chain.rules:
+            for attr, what in _CONNTRACK_STATEMENTS:
+                if getattr(rule, attr) is not None:
+                    raise _err(rule, f"{what} in chain {chain.id}: filter chains on the "
+                                     f"{chains[path[0]].hook if path else chain.hook} hook are not run "
+                                     f"by fastct yet, and this statement would change the connection",
+                               what)
+        if not path:
+            self.warnings.append(f"{chain.loc or self.rs.source}: chain {chain.id} (filter, hook "
+                                 f"{chain.hook}) is not run: fastct models conntrack and NAT, not a "
+                                 f"firewall's verdicts")
+        for _, j in self._targets_of(chain):
+            self._skip(j, path + [i])
 
     # ---- one rule --------------------------------------------------------------------------
     def _check_rule(self, chain: Chain, rule: Rule, hps: set[int]):
@@ -164,7 +199,8 @@ class _Compiler:
             what = "notrack" if rule.notrack else "ct zone set"
             raise _err(rule, f"{what} {where}: works only before conntrack (a prerouting chain with "
                              f"priority below {CONNTRACK_PRIORITY}, e.g. raw)", what)
-        if (rule.ct_mark_set is not None or rule.ct_helper_set is not None) and before_ct:
+        if (rule.ct_mark_set is not None or (rule.ct_helper_set is not None and not rule.template)) \
+                and before_ct:
             what = "ct mark set" if rule.ct_mark_set is not None else "ct helper set"
             raise _err(rule, f"{what} {where}: before conntrack there is no connection to set it on "
                              f"(use a chain with priority {CONNTRACK_PRIORITY} or above)", what)
@@ -187,7 +223,7 @@ class _Compiler:
         """Integer ranges, allocated in iranges when the rule is emitted (see _emit)."""
         return ("i", tuple((int(lo), int(hi)) for lo, hi in pairs))
 
-    def _match(self, m: Match, chain: Chain) -> list[tuple]:
+    def _match(self, m: Match, chain: Chain, runs: bool = True) -> list[tuple]:
         """A Match -> specs (key, neg, l3, mask, (range kind 'i' or 'a', ranges)), see _emit."""
         neg = 1 if m.negate else 0
         key = m.key
@@ -195,6 +231,8 @@ class _Compiler:
             numbers = []
             for name in m.values:
                 found = self.ifs.matching(name)
+                if not found and not runs:
+                    continue                 # (a chain that never runs may name any interface)
                 if not found and not name.endswith("*"):
                     raise _err(m, f"interface {name!r} is not declared: name it with --iface "
                                   f"NAME=ADDR, --in-iface, --out-iface, or capture on it (pcapng)", name)
@@ -207,6 +245,10 @@ class _Compiler:
         if key in ("iif", "oif"):
             return [(KEYS[key], neg, 0, 0xFFFFFFFF, self._ranges_int([(n, n) for n in m.values]))]
         if key in ("saddr", "daddr"):
+            if not m.values:
+                # An empty set (a named set filled at run time): no address is in it.  (nfproto
+                # with no ranges: never in them, so `!=` holds for every packet.)
+                return [(KEYS["nfproto"], neg, 0, 0xFFFFFFFF, ("i", ()))]
             fam = {a.version for pair in m.values for a in pair}
             if len(fam) != 1:
                 raise _err(m, f"{key}: addresses of one family only")
@@ -287,7 +329,7 @@ class _Compiler:
                 if rule.nat is not None and rule.nat.family is not None and rule.nat.family != table_family:
                     rows += self._family_rows(rule.nat.family)
                 for m in rule.matches:
-                    rows += self._match(m, chain)
+                    rows += self._match(m, chain, runs=bool(hps))
                 rows = self._emit(rows)
                 stmts = 0
                 if rule.counter:
@@ -346,7 +388,10 @@ class _Compiler:
                     groups[hp].append(ci)
         base, hp_first = [], [0]
         for g in groups:
-            base += sorted(g, key=lambda ci: chains[ci].priority)
+            # Equal priorities: the chain registered later runs first, as the kernel inserts a new
+            # hook before those of its priority (nf_hook_entries_grow); an nft file registers its
+            # chains in the order it gives them.
+            base += sorted(g, key=lambda ci: (chains[ci].priority, -ci))
             hp_first.append(len(base))
         nat_on = any(c.type == "nat" and c.hook in ("prerouting", "postrouting") for c in chains)
         uses_ifaces = bool(self.ifs.names)
@@ -416,7 +461,7 @@ def describe(prog: Program, counters: bool = False) -> list[str]:
         for ri in by_chain.get(ci, []):
             _, rule = prog.rule_info[ri]
             text = rule_text(prog, ri)
-            if counters:
+            if counters and rule.counter:
                 p, b = (int(x) for x in prog.counters[ri])
                 text += f"    [packets {p} bytes {b}]"
             if rule.loc is not None:
@@ -428,7 +473,9 @@ def describe(prog: Program, counters: bool = False) -> list[str]:
     for ci, chain in enumerate(prog.chain_list):
         if ci in shown:
             continue
-        if chain.is_base:
+        if _skipped(chain):
+            show(ci, "not run: a firewall's chain; fastct models conntrack and NAT")
+        elif chain.is_base:
             show(ci, "never reached offline: no packet is for or from the gateway itself")
         else:
             show(ci, "regular chain, reached by jump/goto" if _is_target(prog, chain)

@@ -112,6 +112,9 @@ class Rule:
     meta_mark_set: int | None = None
     ct_zone_set: int | None = None
     ct_helper_set: str | None = None          # a ct helper object of the rule's table, by name
+    template: bool = False                    # iptables' CT target: its helper / zone go on a
+                                              # template the packet's new connection is made from,
+                                              # so they work before conntrack (raw)
     notrack: bool = False
     nat: NatTarget | None = None              # terminal: the connection gets this binding
     verdict: str | None = None                # one of VERDICTS, or None (go on with the next rule)

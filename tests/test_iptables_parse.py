@@ -117,7 +117,8 @@ def test_iptables_save_output_raw_rules():
     assert pre[0] == Rule(counter=True,
         matches=(Match("l4proto", ((6, 6),), loc=Loc("rules.v4", 5, 15)),
                  Match("dport", ((21, 21),), loc=Loc("rules.v4", 5, 29))),
-        ct_helper_set="ftp", text="-p tcp -m tcp --dport 21 -j CT --helper ftp", loc=Loc("rules.v4", 5, 15))
+        ct_helper_set="ftp", template=True, text="-p tcp -m tcp --dport 21 -j CT --helper ftp",
+        loc=Loc("rules.v4", 5, 15))
     # CT --notrack and NOTRACK are not terminal in iptables: no verdict
     assert (pre[1].notrack, pre[1].verdict, strip(pre[1].matches)) == (True, None, (M("l4proto", (17, 17)),))
     assert (pre[2].notrack, pre[2].verdict, pre[2].text) == (True, None, "-p udp -j NOTRACK")

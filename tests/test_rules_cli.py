@@ -209,3 +209,29 @@ def test_capture_interface_names_are_taken_as_they_are(tmp_path, rules_file):
     assert rc == 0, err
     # Not in on lan, so no redirect; out of wan: masqueraded.
     assert "src=93.184.216.34 dst=203.0.113.5 sport=80 dport=40001" in table(out)[0]
+
+
+def test_interface_named_only_by_the_capture(tmp_path):
+    """eth9 is declared by nothing but the pcapng file: rules may name it, and a wildcard matching
+    it gives no 'matches no interface' warning."""
+    rules = tmp_path / "a.nft"
+    rules.write_text('table ip t {\n chain pre {\n  type nat hook prerouting priority dstnat; policy accept;\n'
+                     '  iifname "eth9" counter\n  iifname "eth*" counter\n  iifname "wan" counter\n }\n}\n')
+    cap = write_pcapng_ifaces(tmp_path / "c.pcapng", ["eth9", "wan"],
+                              [(0, tcp(C1, SRV, 40000, 80, SYN)), (1, tcp(SRV, C1, 80, 40001, SYN))])
+    rc, out, err = run_cli(["track", cap, "--nft", rules, "--show-rules"])
+    assert rc == 0, err
+    assert "warning" not in err
+    assert 'iifname "eth9" counter    [packets 1 bytes 40]' in out
+    assert 'iifname "eth*" counter    [packets 1 bytes 40]' in out
+    assert 'iifname "wan" counter    [packets 1 bytes 40]' in out
+
+
+def test_no_route_is_reported(tmp_path, rules_file):
+    cap = write_pcap(tmp_path / "lan.pcap", [tcp(C1, SRV, 40001, 443, SYN)])
+    rc, out, err = run_cli(["track", cap, "--iptables", rules_file, "--iface", "lan=10.0.0.254/24",
+                            "--iface", "wan=203.0.113.5/24", "--in-iface", "lan"])
+    assert rc == 0, err
+    assert table(out) == []
+    assert "fastct: 1 packets had no route (no --iface prefix holds their destination and there is " \
+           "no --out-iface): dropped, as the gateway would" in err

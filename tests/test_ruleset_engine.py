@@ -100,7 +100,7 @@ def test_redirect_takes_the_input_interface_address():
 
 def test_iifname_wildcard_and_negation():
     m = Interfaces.from_cli([f"eth0={GW_LAN}/24", f"eth1={GW_WAN}/24", "wlan0=192.168.9.1/24"],
-                            in_iface="wlan0")
+                            in_iface="wlan0", out_iface="eth1")
     snat = NatTarget("snat", A("198.51.100.1"), A("198.51.100.1"))
     t = tracker_with([chain("post", "nat", "postrouting", 100,
                             Rule(matches=(Match("iifname", ("eth*",)),), nat=snat))], interfaces=m)
@@ -263,7 +263,11 @@ def test_table_family_limits_rules_to_its_packets():
      "jump to chain 'nowhere', which table inet t does not have"),
     ([chain("p", "nat", "postrouting", 100, Rule(nat=NatTarget("dnat", A("10.0.0.1"))))],
      "dnat in chain inet t p: runs only in a nat prerouting chain"),
-    ([chain("fw", "filter", "forward", 0)], "filter chains on the forward hook are not supported yet"),
+    ([chain("fw", "filter", "forward", 0, Rule(ct_mark_set=1))],
+     "ct mark set in chain inet t fw: filter chains on the forward hook are not run"),
+    ([chain("fw", "filter", "postrouting", 0, Rule(verdict="jump", target="x")),
+      regular("x", Rule(nat=NatTarget("masquerade")))],
+     "NAT in chain inet t x: filter chains on the postrouting hook are not run"),
 ])
 def test_compile_refuses(chains, message):
     with pytest.raises(RulesetError, match=message):
@@ -278,3 +282,73 @@ def test_input_and_output_chains_are_compiled_but_never_run():
     assert t.rule_counters().tolist() == [[0, 0], [0, 0]]
     text = "\n".join(describe(t.program))
     assert text.count("never reached offline") == 2
+
+
+def test_forward_filter_chain_is_read_shown_and_not_run():
+    """A firewall's forward chain (drop policy, interfaces nobody declared) loads with a warning and
+    changes nothing; input chains may name any interface (they never run)."""
+    rs = [chain("fw", "filter", "forward", 0, Rule(matches=(Match("iifname", ("ppp9",)),), verdict="drop"),
+                Rule(counter=True)),
+          chain("in", "filter", "input", 0, Rule(matches=(Match("iifname", ("lo",)),), verdict="accept"))]
+    rs[0].policy = "drop"
+    t = tracker_with(rs)
+    r, _ = run(t, [tcp(C1, SRV, 40000, 80, SYN)])
+    assert r.ct_state.tolist() == [TRK | NEW] and t.rule_counters().tolist() == [[0, 0], [0, 0], [0, 0]]
+    assert [w.split(": ", 1)[1] for w in t.program.warnings] == [
+        "chain inet t fw (filter, hook forward) is not run: fastct models conntrack and NAT, not a "
+        "firewall's verdicts"]
+    assert "not run: a firewall's chain" in "\n".join(describe(t.program))
+
+
+def test_equal_priorities_run_the_later_chain_first():
+    """The kernel inserts a hook before those of its priority, so of two nat chains at dstnat the
+    one created later translates."""
+    to = lambda a: NatTarget("dnat", A(a), A(a))              # noqa: E731
+    t = tracker_with([chain("a", "nat", "prerouting", -100, Rule(nat=to("10.9.0.7"))),
+                      chain("b", "nat", "prerouting", -100, Rule(nat=to("10.9.0.8")))])
+    run(t, [tcp(C1, SRV, 1, 80, SYN)])
+    assert str(A(bytes(t.replies()[0]["src"][:4]))) == "10.9.0.8"
+
+
+def test_no_route_drops_new_connections():
+    """With an interface model and no default route, a destination outside every prefix is not
+    forwarded: no entry, counted; inside a prefix it goes through."""
+    m = Interfaces.from_cli([f"lan={GW_LAN}/24", f"wan={GW_WAN}/24"], in_iface="lan")
+    t = tracker_with([chain("post", "nat", "postrouting", 100,
+                            Rule(matches=(Match("oifname", ("wan",)),), nat=NatTarget("masquerade")))],
+                     interfaces=m)
+    r, _ = run(t, [tcp(C1, SRV, 40000, 80, SYN), tcp(C1, WAN_PEER, 40001, 80, SYN)])
+    assert r.ct_state.tolist() == [TRK | 0x10, TRK | NEW | SNAT] and len(t) == 1
+    assert t.stats()["reasons"] == {
+        "no route: no --iface prefix holds the destination and no --out-iface, packet dropped": 1}
+
+
+def test_empty_address_set_matches_nothing():
+    t = tracker_with([chain("pre", "nat", "prerouting", -100,
+                            Rule(matches=(Match("saddr", ()),), counter=True),
+                            Rule(matches=(Match("saddr", (), negate=True),), counter=True))])
+    frame = tcp(C1, SRV, 40000, 80, SYN)
+    run(t, [frame])
+    assert t.rule_counters().tolist() == [[0, 0], [1, ip_len(frame)]]
+
+
+def test_after_notrack_rules_see_untracked():
+    t = tracker_with([chain("raw", "filter", "prerouting", -300,
+                            Rule(matches=(l4(17),), notrack=True),
+                            Rule(matches=(Match("ct state", ("untracked",)),), counter=True),
+                            Rule(matches=(Match("ct state", ("invalid",)),), counter=True))])
+    dns, web = udp(C1, SRV, 5000, 53), tcp(C1, SRV, 40000, 80, SYN)
+    run(t, [dns, web])
+    # Before conntrack a packet's ct state reads invalid (no connection yet); after notrack, untracked.
+    assert t.rule_counters().tolist() == [[0, 0], [1, ip_len(dns)], [1, ip_len(web)]]
+
+
+def test_iptables_ct_helper_template_in_raw():
+    from fastct.iptables import parse_iptables
+    rs = parse_iptables("*raw\n:PREROUTING ACCEPT [0:0]\n"
+                        "-A PREROUTING -p tcp -m tcp --dport 21 -j CT --helper ftp\nCOMMIT\n")
+    t = Tracker(max_conns=64, seed=1)
+    t.set_ruleset(rs)
+    run(t, [tcp(C1, SRV, 40000, 21, SYN), tcp(C1, SRV, 40001, 22, SYN)])
+    lines = format_table(t.entries(), t.replies(), t.cold()["start"], t.now, t.helper_names())
+    assert [(" dport=21 " in x, "helper=ftp" in x) for x in sorted(lines)] == [(True, True), (False, False)]

@@ -239,7 +239,8 @@
     X(R_CHAIN_TOO_LONG, "probe chain too long, packet dropped") \
     X(R_NAT_NO_TUPLE, "NAT: no free tuple left in the range, packet dropped") \
     X(R_NAT_NO_ADDR, "NAT: redirect or masquerade with no address of the family on the interface, packet dropped") \
-    X(R_RULESET_DROP, "ruleset: a drop verdict, packet dropped")
+    X(R_RULESET_DROP, "ruleset: a drop verdict, packet dropped") \
+    X(R_NO_ROUTE, "no route: no --iface prefix holds the destination and no --out-iface, packet dropped")
 
 /* The kernel's `conntrack -S` counters first (same names, same order), then fastct's own. */
 #define FASTCT_STATS(X) \
