@@ -9,7 +9,7 @@ The comparison is tests/test_kernel_nat.py's: the connection tables (tuples, sta
 counters, translated replies, and now mark, zone and helper), every packet on the wire byte for
 byte, and every packet's ct_state against the kernel's verdict.
 
-Scenarios (the issue's list): masquerade; `meta l4proto { tcp, udp } snat to ADDR:61000-61009`
+Scenarios (the issue's list): masquerade (IPv4 and IPv6; also as ip6tables-save); `meta l4proto { tcp, udp } snat to ADDR:61000-61009`
 followed by a plain `snat to ADDR` (ports checked for range, uniqueness and consistency); `iifname
 ... ip daddr ... tcp dport 8080 dnat to ADDR:PORT` with `ct mark set` (visible in `-L` as mark=);
 a `notrack` rule in a raw prerouting chain (those packets get no entry and no trk bit; their
@@ -56,27 +56,32 @@ def load_nft(text):
     return lambda tracker: tracker.load_nft(text, interfaces(), source="lab.nft")
 
 
-def load_iptables(text):
-    return lambda tracker: tracker.load_iptables(text, interfaces(), source="lab.rules")
+def load_iptables(text, family=None):
+    return lambda tracker: tracker.load_iptables(text, interfaces(), family=family, source="lab.rules")
 
 
-def iptables_restore(lab, text: str):
-    tool = shutil.which("iptables-restore") or "/usr/sbin/iptables-restore"
-    lab.exec(lab.gateway, [tool], input=text)
+def _tool(name: str) -> str:
+    return shutil.which(name) or f"/usr/sbin/{name}"
+
+
+def iptables_restore(lab, text: str, v6: bool = False):
+    lab.exec(lab.gateway, [_tool("ip6tables-restore" if v6 else "iptables-restore")], input=text)
 
 
 def observe_rules(lab, tmp_path, form: str, nft_text: str, ipt_text: str, traffic):
-    """Load the ruleset in `form` ('nft' or 'iptables') into the gateway and run the traffic; the
-    run gets the kernel's rule counters ({(table, chain, rule number): (packets, bytes)})."""
+    """Load the ruleset in `form` ('nft', 'iptables' or 'ip6tables') into the gateway and run the
+    traffic; the run gets the kernel's rule counters ({(table, chain, rule number): (packets,
+    bytes)})."""
     if form == "nft":
         run, rules = observe(lab, tmp_path, nft_text, traffic), load_nft(nft_text)
         run.kernel_counters = nft_counters(lab.exec(lab.gateway, ["nft", "list", "table", *TABLE_OF[nft_text]])
                                            .stdout, TABLE_OF[nft_text][1])
     else:
-        iptables_restore(lab, ipt_text)
-        run, rules = observe(lab, tmp_path, "", traffic), load_iptables(ipt_text)
-        tool = shutil.which("iptables-save") or "/usr/sbin/iptables-save"
-        run.kernel_counters = iptables_counters(lab.exec(lab.gateway, [tool, "-c"]).stdout)
+        v6 = form == "ip6tables"
+        iptables_restore(lab, ipt_text, v6)
+        run, rules = observe(lab, tmp_path, "", traffic), load_iptables(ipt_text, 6 if v6 else None)
+        save = _tool("ip6tables-save" if v6 else "iptables-save")
+        run.kernel_counters = iptables_counters(lab.exec(lab.gateway, [save, "-c"]).stdout)
     return run, rules
 
 
@@ -149,7 +154,7 @@ FORMS = ["nft", "iptables"]
 
 @pytest.fixture(autouse=True)
 def _need_iptables(request):
-    if "form" in request.fixturenames and request.getfixturevalue("form") == "iptables" \
+    if "form" in request.fixturenames and request.getfixturevalue("form") in ("iptables", "ip6tables") \
             and not (shutil.which("iptables-restore") or shutil.which("iptables-restore",
                                                                       path="/usr/sbin:/sbin")):
         import os
@@ -159,7 +164,7 @@ def _need_iptables(request):
 
 
 # ---- masquerade --------------------------------------------------------------------------------------
-@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("form", FORMS + ["ip6tables"])
 def test_masquerade(lab, tmp_path, form):
     nft = f"""
 table inet {TABLE} {{
@@ -179,8 +184,12 @@ COMMIT
 """
     steps = [("tcp", C4, 0, S4, TCP_PORT), ("udp", C4, 0, S4, UDP_PORT), ("ping", C4, S4, 0x4242),
              ("refused", C4, 0, S4, CLOSED_PORT)]
+    v6_steps = [("tcp", C6, 0, S6, TCP_PORT), ("udp", C6, 0, S6, UDP_PORT), ("ping", C6, S6, 0x4343),
+                ("refused", C6, 0, S6, CLOSED_PORT)]
     if form == "nft":
-        steps += [("tcp", C6, 0, S6, TCP_PORT), ("ping", C6, S6, 0x4343)]
+        steps += v6_steps                  # (inet: one table for both families)
+    elif form == "ip6tables":
+        steps = v6_steps                   # (the same file, as ip6tables-save writes it)
     run, rules = observe_rules(lab, tmp_path, form, nft, ipt, lambda: serve_both(lab, steps))
     problems = check(run, rules, iface_names=IFACES) + compare_counters(run)
     masq = {GW4_S, GW6_S}
