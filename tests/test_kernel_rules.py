@@ -9,8 +9,9 @@ The comparison is tests/test_kernel_nat.py's: the connection tables (tuples, sta
 counters, translated replies, and now mark, zone and helper), every packet on the wire byte for
 byte, and every packet's ct_state against the kernel's verdict.
 
-Scenarios (the issue's list): masquerade (IPv4 and IPv6; also as ip6tables-save); `meta l4proto { tcp, udp } snat to ADDR:61000-61009`
-followed by a plain `snat to ADDR` (ports checked for range, uniqueness and consistency); `iifname
+Scenarios (the issue's list): masquerade (IPv4 and IPv6; also as an ip6tables-save file);
+`meta l4proto { tcp, udp } snat to ADDR:61000-61009` followed by a plain `snat to ADDR` (ports
+checked for range, uniqueness and consistency); `iifname
 ... ip daddr ... tcp dport 8080 dnat to ADDR:PORT` with `ct mark set` (visible in `-L` as mark=);
 a `notrack` rule in a raw prerouting chain (those packets get no entry and no trk bit; their
 replies, which the rule does not match, are tracked as connections of their own, as the kernel
