@@ -295,6 +295,13 @@ def cmd_track(args) -> int:
         error = f"-w {args.write}: {exc.strerror or exc}: it holds the packets written before"
     # Ctrl-C from here on would cut the table (or the output file's last blocks) short: finish first.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if ruleset is not None and tracker.program is None:
+        # The capture could not be opened, so the ruleset was not compiled with its interface
+        # names: compile it without them, for --show-rules (nothing was tracked).
+        try:
+            tracker.set_ruleset(ruleset, model)
+        except ValueError:
+            pass
     if writer is not None:
         writer.close()
     stats = tracker.stats()
@@ -312,7 +319,7 @@ def cmd_track(args) -> int:
         out.write("\n".join(lines) + "\n")
     if args.stats:
         out.write(format_stats(stats) + "\n" + format_fastct_stats(stats) + "\n")
-    if args.show_rules:
+    if args.show_rules and tracker.program is not None:
         from fastct.rules_compile import describe
         out.write("\n".join(describe(tracker.program, counters=True)) + "\n")
     out.flush()

@@ -235,3 +235,13 @@ def test_no_route_is_reported(tmp_path, rules_file):
     assert table(out) == []
     assert "fastct: 1 packets had no route (no --iface prefix holds their destination and there is " \
            "no --out-iface): dropped, as the gateway would" in err
+
+
+def test_show_rules_with_a_capture_that_cannot_be_read(tmp_path, rules_file):
+    """The capture's header is damaged: exit 1 with the error, and the rules still shown (zero
+    counts), never a traceback."""
+    bad = tmp_path / "bad.pcap"
+    bad.write_bytes(bytes.fromhex("d4c3b2a1") + b"\x09\x00\x04\x00" + bytes(16))    # major version 9
+    rc, out, err = run_cli(["track", bad, "--iptables", rules_file, *IFACES, "--show-rules"])
+    assert rc == 1 and "Traceback" not in err and "fastct: error:" in err
+    assert 'oifname "wan" counter masquerade    [packets 0 bytes 0]' in out
