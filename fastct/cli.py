@@ -301,7 +301,7 @@ def cmd_track(args) -> int:
         try:
             tracker.set_ruleset(ruleset, model)
         except ValueError:
-            pass
+            pass        # (it names an interface only the unreadable capture could declare)
     if writer is not None:
         writer.close()
     stats = tracker.stats()

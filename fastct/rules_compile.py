@@ -162,8 +162,7 @@ class _Compiler:
                 elif _skipped(c):
                     self._skip(i, [])
             else:
-                for _ in self._targets_of(c):        # check targets exist even if never reached
-                    pass
+                list(self._targets_of(c))            # (its jump targets must exist even if it never runs)
         return where
 
     def _skip(self, i: int, path: list[int]):

@@ -26,10 +26,11 @@ import shutil
 
 import pytest
 
-from netns_lab import NetnsLab, lab_for_test
+from netns_lab import NetnsLab
 from test_kernel_nat import (C4, C4B, GW4_C, GW4_S, GW6_S, S4, S6, C6, SNAT4, TCP_PORT, UDP_PORT,
                              UDP_PORT2, CLOSED_PORT, assert_same, check, kernel_by_source, lab_check,
                              observe, serve, tdict)
+from test_kernel_nat import lab  # noqa: F401 (the NAT test's lab fixture: whole checksums from the hosts)
 
 pytestmark = pytest.mark.kernel
 
@@ -38,13 +39,6 @@ SNAT_PORTS = (61000, 61009)
 TABLE = "fastct_rules"
 
 
-@pytest.fixture
-def lab():
-    with lab_for_test("the kernel ruleset test") as the_lab:
-        # Whole transport checksums from the end hosts (as tests/test_kernel_nat.py's lab).
-        the_lab.set_tx_checksum(the_lab.client, "cli0", False)
-        the_lab.set_tx_checksum(the_lab.server, "srv0", False)
-        yield the_lab
 
 
 def interfaces():
