@@ -262,8 +262,7 @@ cdef inline void _packet_chains(ct_table *t, const pkt_meta *m, uint16_t iface, 
     if idx >= 0:
         c.ct_mark = t.e[idx].mark
     c.k = k
-    if rs_has(t, HP_PRE):
-        rs_hook(t, HP_PRE, &c)
+    rs_hook(t, HP_PRE, &c)
     if rs_has(t, HP_LATE):
         if idx >= 0 and (t.e[idx].status & IPS_NAT_MASK) and not (m.pflags & PF_RELATED):
             memcpy(view, k, 40)

@@ -27,7 +27,7 @@ from fastct._types cimport *
 from fastct._parse cimport tuple_reverse_k4
 from fastct._flowkey cimport key_hash
 from fastct._table cimport slot_matches, slot_entry, bysrc_hash, SLOT_BYSRC
-from fastct._rules cimport rs_ctx, rs_has, rs_hook, rs_out_iface
+from fastct._rules cimport rs_ctx, rs_hook, rs_out_iface
 
 cdef enum:
     MANIP_SRC = 0
@@ -327,41 +327,40 @@ cdef inline void nat_setup(ct_table *t, const uint64_t *orig, rs_ctx *c, int32_t
     out.reason = R_VALID
     out.status = IPS_SRC_NAT_DONE | IPS_DST_NAT_DONE if t.nat_on else 0
     c.k = k
-    if rs_has(t, HP_PRE) and rs_hook(t, HP_PRE, c) == RV_DROP:
+    # (Called with a ruleset set; a hook point without chains accepts at once.)
+    if rs_hook(t, HP_PRE, c) == RV_DROP:
         out.reason = R_RULESET_DROP
         return
-    if rs_has(t, HP_DNAT):
-        v = rs_hook(t, HP_DNAT, c)
-        if v == RV_DROP:
-            out.reason = R_RULESET_DROP
+    v = rs_hook(t, HP_DNAT, c)
+    if v == RV_DROP:
+        out.reason = R_RULESET_DROP
+        return
+    if v == RV_NAT:
+        if not _target_range(t, &t.targets[c.nat], l3, c.iif, -1, &rg):
+            out.reason = R_NAT_NO_ADDR
             return
-        if v == RV_NAT:
-            if not _target_range(t, &t.targets[c.nat], l3, c.iif, -1, &rg):
-                out.reason = R_NAT_NO_ADDR
-                return
-            unique = unique_tuple(t, k, MANIP_DST, &rg, exclude)
+        unique = unique_tuple(t, k, MANIP_DST, &rg, exclude)
     if not tuple_eq(k, orig):
         out.status |= IPS_DST_NAT
     memcpy(after_dst, k, 40)
     # Later chains and postrouting see the packet as prerouting left it (its new destination).
-    if rs_has(t, HP_LATE) and rs_hook(t, HP_LATE, c) == RV_DROP:
+    if rs_hook(t, HP_LATE, c) == RV_DROP:
         out.reason = R_RULESET_DROP
         return
     c.oif = out_if if out_if >= 0 else rs_out_iface(t, k)
     if c.oif < 0 and t.route_drop:
         out.reason = R_NO_ROUTE             # the gateway has no route for it: never forwarded
         return
-    if rs_has(t, HP_SNAT):
-        v = rs_hook(t, HP_SNAT, c)
-        if v == RV_DROP:
-            out.reason = R_RULESET_DROP
+    v = rs_hook(t, HP_SNAT, c)
+    if v == RV_DROP:
+        out.reason = R_RULESET_DROP
+        return
+    if v == RV_NAT:
+        if not _target_range(t, &t.targets[c.nat], l3, c.iif, c.oif, &rg):
+            out.reason = R_NAT_NO_ADDR
             return
-        if v == RV_NAT:
-            if not _target_range(t, &t.targets[c.nat], l3, c.iif, c.oif, &rg):
-                out.reason = R_NAT_NO_ADDR
-                return
-            unique = unique_tuple(t, k, MANIP_SRC, &rg, exclude)
-            snat = True
+        unique = unique_tuple(t, k, MANIP_SRC, &rg, exclude)
+        snat = True
     if t.nat_on and not snat and (not unique or tuple_taken(t, k, exclude)):
         # Null binding: the source kept (its address is the whole range), its port moved only if
         # the tuple clashes.

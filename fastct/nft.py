@@ -617,7 +617,7 @@ class _Parser:
             elif tok.text in ("size", "policy") and tok.kind == "word":
                 self.expect_word(f"a {tok.text}")
             elif tok.text == "auto-merge" and tok.kind == "word":
-                pass
+                pass             # (it only changes how nft stores adjacent elements, not matching)
             elif tok.text == "comment" and tok.kind == "word":
                 self.string("a comment string")
             else:
