@@ -345,6 +345,7 @@ cdef class Engine:
         self.t.tcp_be_liberal = 0
         self.t.tcp_max_retrans = 3
         self.t.early_drop = 1
+        self.t.tcp_fast = 1
         rng = np.random.default_rng(seed)
         self.seed = seed
         words = rng.integers(0, 2**63, size=4, dtype=np.int64).astype(np.uint64) * np.uint64(2) + np.uint64(1)
@@ -679,7 +680,11 @@ cdef class Engine:
                 "tcp_ignore_invalid_rst": self.t.tcp_ignore_invalid_rst,
                 "tcp_max_retrans": self.t.tcp_max_retrans, "checksum": self.t.checksum}
 
-    def set_options(self, checksum=None, dccp_tracker=None, tcp_ignore_invalid_rst=None, early_drop=None):
+    def set_options(self, checksum=None, dccp_tracker=None, tcp_ignore_invalid_rst=None, early_drop=None,
+                    fast_paths=None):
+        if fast_paths is not None:
+            # (Only for tests that check the straight-line paths against the general ones.)
+            self.t.tcp_fast = 1 if fast_paths else 0
         if early_drop is not None:
             self.t.early_drop = 1 if early_drop else 0
         if tcp_ignore_invalid_rst is not None:

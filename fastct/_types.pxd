@@ -330,6 +330,8 @@ cdef struct ct_table:
     uint32_t dccp_tracker   # track DCCP with the pre-6.16 kernel's state machine (default: generic)
     uint32_t tcp_ignore_invalid_rst
     uint32_t early_drop     # table full: evict a non-ASSURED entry (kernel) or just drop (OVS userspace)
+    uint32_t tcp_fast       # take _tcp's straight-line path for in-window established ACKs (tests turn
+                            # it off to check it against the general path)
     const uint8_t *zone_policy   # per zone: 0 the table's timeouts, k >= 1 policies[k - 1] (NULL: none)
     const int64_t *policies      # timeout policies, TO_N values each (ns)
     uint32_t *zone_count    # per zone: entries in entries[0:n] (NULL while no zone limit is set)
