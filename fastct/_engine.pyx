@@ -19,7 +19,7 @@ from fastct._table cimport (table_find, table_candidate, slot_insert, sweep_expi
                             reclaim_dead, early_drop, entry_forget, entry_unindex, migrate_step,
                             zone_count_add, prefetch_eviction, slot_delete, slot_of, slot_entry,
                             nat_release, SLOT_REPLY, SLOT_BYSRC, SLOT_ENTRY, bysrc_hash)
-from fastct._flowkey cimport key_hash
+from fastct._flowkey cimport key_hash, match_dir
 from fastct._nat cimport nat_choice, nat_setup
 from fastct._rules cimport rs_ctx, rs_has, rs_hook, rs_iif, CTS_NEW, CTS_ESTABLISHED, CTS_RELATED, CTS_INVALID, CTS_UNTRACKED
 from fastct._rewrite cimport nat_rewrite, nat_state_bits
@@ -982,6 +982,7 @@ cdef class Engine:
         cdef bint walk = t.rs_on and (rs_has(t, HP_PRE) or rs_has(t, HP_LATE))
         cdef nat_choice nat
         cdef uint32_t low
+        cdef int dres
         # Stage 1: parse, key, hash.  Headers are prefetched HDR_PREFETCH packets ahead.
         for i in range(cnt):
             if i + HDR_PREFETCH < left:
@@ -1109,11 +1110,12 @@ cdef class Engine:
                     m.dir = DIR_REPLY
                 else:
                     idx = table_find(t, m)
-            elif idx >= 0 and <uint32_t>idx < t.n and key_eq_orig(&t.e[idx], m):
-                m.dir = DIR_ORIGINAL
-            elif idx >= 0 and <uint32_t>idx < t.n and key_eq_reply(&t.e[idx], m) and \
-                    not (t.e[idx].status & IPS_NAT_MASK):
-                m.dir = DIR_REPLY
+            elif <uint32_t>idx < t.n:
+                dres = match_dir(&t.e[idx], m.k, m.rk4, (t.e[idx].status & IPS_NAT_MASK) != 0)
+                if dres >= 0:
+                    m.dir = <uint8_t>dres
+                else:
+                    idx = table_find(t, m)
             else:
                 idx = table_find(t, m)
             m.to = t.timeouts
@@ -1154,13 +1156,9 @@ cdef class Engine:
                 found += 1
                 v = proto_packet(t, e, c, m)
                 if v == V_ACCEPT:
-                    if m.dir == DIR_REPLY:
-                        e.status |= IPS_SEEN_REPLY
-                        st = CS_TRK | CS_EST | CS_RPL
-                    elif e.status & IPS_SEEN_REPLY:
-                        st = CS_TRK | CS_EST
-                    else:
-                        st = CS_TRK | CS_NEW
+                    # (Arithmetic, not branches: the direction is a coin toss to the predictor.)
+                    e.status |= <uint16_t>(m.dir * IPS_SEEN_REPLY)
+                    st = CS_TRK | (CS_EST if e.status & IPS_SEEN_REPLY else CS_NEW) | (m.dir * CS_RPL)
                     if walk:
                         _packet_chains(t, m, iface[i], idx,
                                        CTS_NEW if st & CS_NEW else CTS_ESTABLISHED, m.k)

@@ -16,6 +16,8 @@ cdef extern from "compat.h" nogil:
     # The fixed-order keyed hash (include/compat.h, forced inline).
     uint64_t key_hash "fastct_key_hash"(uint64_t k0, uint64_t k1, uint64_t k2, uint64_t k3, uint64_t k4,
                                         uint64_t rk4, const uint64_t *seed)
+    # 0 original, 1 reply, -1 neither (branch-free; include/compat.h).
+    int match_dir "fastct_match_dir"(const void *e, const uint64_t *k, uint64_t rk4, int nat)
 
 cdef inline uint64_t meta_hash(const pkt_meta *m, const uint64_t *seed) noexcept nogil:
     return key_hash(m.k[0], m.k[1], m.k[2], m.k[3], m.k[4], m.rk4, seed)

@@ -296,6 +296,7 @@ cdef inline int tcp_established_ack(ct_table *t, ct_entry *e, ct_cold *c, pkt_me
     cdef uint32_t seq = m.seq, ack = m.ack, sack, end, win, swin, maxack_win
     cdef uint32_t end_r = e.td_end[r], maxwin_r = e.td_maxwin[r], maxend_d = e.td_maxend[d]
     cdef uint8_t fd
+    cdef int same
     cdef int64_t timeout, t_est
     cdef const int64_t *to = m.to
     if e.td_maxwin[d] == 0:
@@ -328,19 +329,17 @@ cdef inline int tcp_established_ack(ct_table *t, ct_entry *e, ct_cold *c, pkt_me
         e.td_maxwin[r] = maxwin_r + (end - maxend_d)
     if seq_after(sack + win, e.td_maxend[r] - 1):
         e.td_maxend[r] = sack + win + (1 if win == 0 else 0)
-    if ack == end_r:
-        e.td_flags[r] &= ~TF_DATA_UNACK
-    # Retransmission of the same ACK-class segment, and the last packet remembered.
-    if last_dir(c) == d and c.last_seq == seq and c.last_ack == ack and c.last_end == end and \
-            c.last_win == <uint16_t>m.win:
-        if e.retrans < 255:
-            e.retrans += 1
-    else:
-        c.last_seq = seq
-        c.last_ack = ack
-        c.last_end = end
-        c.last_win = <uint16_t>m.win
-        e.retrans = 0
+    e.td_flags[r] &= ~(TF_DATA_UNACK * (ack == end_r))
+    # Retransmission of the same ACK-class segment, and the last packet remembered.  Without
+    # branches (whether the last packet went the same way is a coin toss to the predictor): a
+    # retransmission stores what is already there.
+    same = (last_dir(c) == d) & (c.last_seq == seq) & (c.last_ack == ack) & (c.last_end == end) & \
+        (c.last_win == <uint16_t>m.win)
+    e.retrans = <uint8_t>((e.retrans + (e.retrans < 255)) * same)
+    c.last_seq = seq
+    c.last_ack = ack
+    c.last_end = end
+    c.last_win = <uint16_t>m.win
     set_last(c, TI_ACK, d)
     # tcp_packet's timeout choice for ESTABLISHED (last_win is this packet's window now).
     t_est = to[TO_TCP_ESTABLISHED]

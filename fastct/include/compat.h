@@ -87,10 +87,25 @@ FASTCT_HOT uint64_t fastct_reverse_k4(uint64_t k4) {
  * lower key word), so a packet and its reply hash alike. */
 FASTCT_HOT uint64_t fastct_key_hash(uint64_t k0, uint64_t k1, uint64_t k2, uint64_t k3, uint64_t k4,
                                     uint64_t rk4, const uint64_t *seed) {
-    if (k0 < k2 || (k0 == k2 && k1 < k3))
-        return fastct_hash5(k0, k1, k2, k3, k4, seed);
-    if (k0 == k2 && k1 == k3)
-        return fastct_hash5(k0, k1, k2, k3, k4 < rk4 ? k4 : rk4, seed);
-    return fastct_hash5(k2, k3, k0, k1, rk4, seed);
+    /* Without branches: which way round a packet's tuple is, is its direction, a coin toss the
+     * branch predictor cannot learn (masks, not ifs, so the compiler keeps it so). */
+    uint64_t lt = (uint64_t)0 - (uint64_t)((k0 < k2) | ((k0 == k2) & (k1 < k3)));
+    uint64_t eq = (uint64_t)0 - (uint64_t)((k0 == k2) & (k1 == k3));
+    uint64_t lo4 = k4 < rk4 ? k4 : rk4;
+    uint64_t w4 = (eq & lo4) | (~eq & ((lt & k4) | (~lt & rk4)));
+    return fastct_hash5((lt & k0) | (~lt & k2), (lt & k1) | (~lt & k3),
+                        (lt & k2) | (~lt & k0), (lt & k3) | (~lt & k1), w4, seed);
+}
+
+/* Which direction of the entry whose key bytes start at `e` the packet tuple (k[0..4], rk4 the
+ * reversed key word) is: 0 original, 1 reply, -1 neither.  A connection with a translated reply
+ * tuple (`nat`) is only ever its original here.  Branch-free for the same reason as the hash. */
+FASTCT_HOT int fastct_match_dir(const void *e, const uint64_t *k, uint64_t rk4, int nat) {
+    const uint8_t *b = (const uint8_t *)e;
+    uint64_t e0 = fastct_load64(b), e1 = fastct_load64(b + 8), e2 = fastct_load64(b + 16);
+    uint64_t e3 = fastct_load64(b + 24), e4 = fastct_load64(b + 32);
+    int is_o = ((e0 ^ k[0]) | (e1 ^ k[1]) | (e2 ^ k[2]) | (e3 ^ k[3]) | (e4 ^ k[4])) == 0;
+    int is_r = (((e0 ^ k[2]) | (e1 ^ k[3]) | (e2 ^ k[0]) | (e3 ^ k[1]) | (e4 ^ rk4)) == 0) & !nat;
+    return (is_o | is_r) - 1 + (!is_o & is_r);
 }
 #endif
