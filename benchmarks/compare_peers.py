@@ -91,11 +91,11 @@ def run_fastct(path, max_conns):
         tracker.process(batch)
     if reader.error is not None:
         raise reader.error
-    entries = tracker.entries()
+    entries, counters = tracker.entries(), tracker.counters()
     dt = time.perf_counter() - t0
     stats = tracker.stats()
     extra = {"packets": stats["packets"], "insert": stats["insert"], "invalid": stats["invalid"]}
-    return dt, lambda: table_fastct(entries), extra, (reader, tracker)
+    return dt, lambda: table_fastct(entries, counters), extra, (reader, tracker)
 
 
 def run_dict(path, max_conns=None):
@@ -124,16 +124,16 @@ def _key(proto, a, ap, b, bp):
     return canonical_key(proto, a, ap, b, bp)
 
 
-def table_fastct(entries):
+def table_fastct(entries, counters):
     import ipaddress
     out = {}
-    for e in entries:
+    for e, cnt in zip(entries, counters):
         proto, l3 = int(e["proto"]), int(e["l3"])
         raw_s, raw_d = e["src"].tobytes(), e["dst"].tobytes()
         a = ipaddress.IPv4Address(raw_s[:4]) if l3 == 2 else ipaddress.IPv6Address(raw_s)
         b = ipaddress.IPv4Address(raw_d[:4]) if l3 == 2 else ipaddress.IPv6Address(raw_d)
         ports = (0, 0) if proto in ICMP_PROTOS else (int(e["sport"]), int(e["dport"]))
-        p, by = e["packets"], e["bytes"]
+        p, by = cnt["packets"], cnt["bytes"]
         out[_key(proto, str(a), ports[0], str(b), ports[1])] = (int(p[0]), int(p[1]), int(by[0]), int(by[1]))
     return out
 

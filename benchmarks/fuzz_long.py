@@ -55,7 +55,8 @@ import numpy as np
 from dpkt import crc32c as dpkt_crc32c
 
 from fastct import CT_STATE_BITS as CSB, Batch, Tracker
-from fastct.tracker import REASONS, SCTP_STATES, STAT_NAMES, STATUS_BITS, TCP_STATES, DCCP_STATES
+from fastct.tracker import REASONS, SCTP_STATES, STAT_NAMES, STATUS_BITS, TCP_STATES, DCCP_STATES, \
+    full_counters
 
 TRK, NEW, EST, REL, RPL, INV = CSB["trk"], CSB["new"], CSB["est"], CSB["rel"], CSB["rpl"], CSB["inv"]
 LEGAL = np.zeros(256, dtype=bool)
@@ -1031,7 +1032,8 @@ def check_table(t, zone_from_vlan, zones):
     need((status[assured] & STATUS_SEEN_REPLY).all(), "ASSURED without SEEN_REPLY")
     now = t.now
     live = v["expires"] > now
-    pk, by = v["packets"].astype(np.int64), v["bytes"].astype(np.int64)
+    counts = full_counters(v, c)
+    pk, by = counts["packets"].astype(np.int64), counts["bytes"].astype(np.int64)
     need((pk[live].sum(axis=1) >= 1).all(), "a live entry that counted no packet")
     need((by >= pk * np.where(v4, 20, 40)[:, None]).all(), "fewer bytes than IP headers")
     need((by <= pk * 131072).all(), "more bytes than the largest datagram")

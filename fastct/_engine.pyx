@@ -71,11 +71,14 @@ def entry_layout():
         "dport": <char *>&e.dport - b, "zone": <char *>&e.zone - b, "l3": <char *>&e.l3 - b,
         "proto": <char *>&e.proto - b, "expires": <char *>&e.expires - b,
         "status": <char *>&e.status - b, "state": <char *>&e.state - b,
-        "retrans": <char *>&e.retrans - b, "td_end": <char *>&e.td_end - b, "mark": <char *>&e.mark - b,
-        "packets": <char *>&e.packets - b, "bytes": <char *>&e.bytes - b,
-        "last_seen": <char *>&e.last_seen - b, "td_maxend": <char *>&e.td_maxend - b,
-        "td_maxwin": <char *>&e.td_maxwin - b, "aux": <char *>&e.aux - b,
+        "retrans": <char *>&e.retrans - b, "td_end": <char *>&e.td_end - b,
+        "last_seq": <char *>&e.last_seq - b, "packets_lo": <char *>&e.packets_lo - b,
+        "bytes_lo": <char *>&e.bytes_lo - b, "last_seen": <char *>&e.last_seen - b,
+        "td_maxend": <char *>&e.td_maxend - b, "td_maxwin": <char *>&e.td_maxwin - b,
+        "td_maxack": <char *>&e.td_maxack - b, "last_ack": <char *>&e.last_ack - b,
+        "last_end": <char *>&e.last_end - b, "last_win": <char *>&e.last_win - b,
         "td_scale": <char *>&e.td_scale - b, "td_flags": <char *>&e.td_flags - b,
+        "last_flags": <char *>&e.last_flags - b, "last_diw": <char *>&e.last_diw - b,
         "__size__": sizeof(ct_entry),
     }
 
@@ -84,10 +87,8 @@ def cold_layout():
     cdef ct_cold c
     cdef char *b = <char *>&c
     return {
-        "start": <char *>&c.start - b, "td_maxack": <char *>&c.td_maxack - b,
-        "last_seq": <char *>&c.last_seq - b, "last_ack": <char *>&c.last_ack - b,
-        "last_end": <char *>&c.last_end - b, "last_win": <char *>&c.last_win - b,
-        "last_flags": <char *>&c.last_flags - b, "last_diw": <char *>&c.last_diw - b,
+        "start": <char *>&c.start - b, "packets_hi": <char *>&c.packets_hi - b,
+        "bytes_hi": <char *>&c.bytes_hi - b, "mark": <char *>&c.mark - b, "aux": <char *>&c.aux - b,
         "__size__": sizeof(ct_cold),
     }
 
@@ -260,7 +261,7 @@ cdef inline void _packet_chains(ct_table *t, const pkt_meta *m, uint16_t iface, 
     cdef uint8_t proto
     _ctx_init(&c, t, m, iface, cts, idx >= 0)
     if idx >= 0:
-        c.ct_mark = t.e[idx].mark
+        c.ct_mark = t.cold[idx].mark
     c.k = k
     rs_hook(t, HP_PRE, &c)
     if rs_has(t, HP_LATE):
@@ -279,7 +280,7 @@ cdef inline void _packet_chains(ct_table *t, const pkt_meta *m, uint16_t iface, 
             c.k = view
         rs_hook(t, HP_LATE, &c)
     if c.mark_set and idx >= 0:
-        t.e[idx].mark = c.ct_mark
+        t.cold[idx].mark = c.ct_mark
 
 cdef inline void _rewrite(ct_table *t, uint32_t idx, const pkt_meta *m, uint8_t dir) noexcept nogil:
     if nat_rewrite(t, idx, m, dir):
@@ -1056,8 +1057,6 @@ cdef class Engine:
                 if cand >= 0:
                     FASTCT_PREFETCH_W(&t.e[cand])
                     FASTCT_PREFETCH_W(<char *>&t.e[cand] + 64)
-                    if m.proto == IP_PROTO_TCP:
-                        FASTCT_PREFETCH_W(&t.cold[cand])
                     if t.nat_live:
                         FASTCT_PREFETCH_R(&t.nat[cand])     # (a packet of a NAT'd connection needs it)
                 elif t.n >= t.cap:
@@ -1299,13 +1298,13 @@ cdef class Engine:
                     t.n += 1
                     zone_count_add(t, zn, 1)
             e.status = IPS_CONFIRMED
-            e.mark = 0
-            e.aux = 0xFFFFFFFF
+            memset(c, 0, sizeof(ct_cold))
+            c.aux = 0xFFFFFFFF
             if t.rs_on:
                 if rc.mark_set:
-                    e.mark = rc.ct_mark
+                    c.mark = rc.ct_mark
                 if rc.helper:
-                    e.aux = rc.helper - 1
+                    c.aux = rc.helper - 1
                 e.status |= nat.status
                 if nat.status & IPS_NAT_MASK:
                     memcpy(t.nat[idx].r, nat.r, 40)
@@ -1320,12 +1319,10 @@ cdef class Engine:
                         t.stats[ST_CHAINTOOLONG] += 1
                         t.stats[ST_INSERT_FAILED] += 1
                         continue
-            e.packets[0] = e.packets[1] = 0
-            e.bytes[0] = e.bytes[1] = 0
+            e.packets_lo[0] = e.packets_lo[1] = 0
+            e.bytes_lo[0] = e.bytes_lo[1] = 0
             e.expires = m.now
             e.last_seen = m.now
-            if m.proto != IP_PROTO_TCP:
-                memset(c, 0, sizeof(ct_cold))     # (TCP's tcp_new sets its own fields)
             c.start = m.now
             t.stats[ST_INSERT] += 1
             v = proto_packet(t, e, c, m)

@@ -25,6 +25,10 @@ cdef inline uint8_t proto_new(ct_table *t, ct_entry *e, ct_cold *c, const pkt_me
     e.td_maxwin[0] = e.td_maxwin[1] = 0
     e.td_scale[0] = e.td_scale[1] = 0
     e.td_flags[0] = e.td_flags[1] = 0
+    e.td_maxack[0] = e.td_maxack[1] = 0
+    e.last_seq = e.last_ack = e.last_end = 0
+    e.last_win = 0
+    e.last_flags = e.last_diw = 0
     if proto == IP_PROTO_TCP:
         return tcp_new(t, e, c, m)
     if proto == IP_PROTO_SCTP:

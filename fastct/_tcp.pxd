@@ -18,7 +18,7 @@ cdef enum:
     TI_RST = 4
     TI_NONE = 5
 
-# Per-direction flags (kernel IP_CT_TCP_FLAG_*) kept in ct_entry.td_flags / ct_cold.last_flags.
+# Per-direction flags (kernel IP_CT_TCP_FLAG_*) kept in ct_entry.td_flags / ct_entry.last_flags.
 cdef enum:
     TF_WINDOW_SCALE = 0x01
     TF_SACK_PERM = 0x02
@@ -89,21 +89,21 @@ cdef inline uint32_t tcp_end(const pkt_meta *m) noexcept nogil:
     """seq + payload + SYN + FIN (kernel segment_seq_plus_len)."""
     return m.seq + m.datalen + (1 if m.tcpflags & 0x02 else 0) + (1 if m.tcpflags & 0x01 else 0)
 
-# ct_cold.last_diw packs last_index (bits 0-2), last_dir (bit 3) and last_wscale (bits 4-7).
-cdef inline uint8_t last_index(const ct_cold *c) noexcept nogil:
-    return c.last_diw & 7
+# ct_entry.last_diw packs last_index (bits 0-2), last_dir (bit 3) and last_wscale (bits 4-7).
+cdef inline uint8_t last_index(const ct_entry *e) noexcept nogil:
+    return e.last_diw & 7
 
-cdef inline uint8_t last_dir(const ct_cold *c) noexcept nogil:
-    return (c.last_diw >> 3) & 1
+cdef inline uint8_t last_dir(const ct_entry *e) noexcept nogil:
+    return (e.last_diw >> 3) & 1
 
-cdef inline uint8_t last_wscale(const ct_cold *c) noexcept nogil:
-    return c.last_diw >> 4
+cdef inline uint8_t last_wscale(const ct_entry *e) noexcept nogil:
+    return e.last_diw >> 4
 
-cdef inline void set_last(ct_cold *c, uint8_t index, uint8_t d) noexcept nogil:
-    c.last_diw = (c.last_diw & 0xF0) | (index & 7) | ((d & 1) << 3)
+cdef inline void set_last(ct_entry *e, uint8_t index, uint8_t d) noexcept nogil:
+    e.last_diw = (e.last_diw & 0xF0) | (index & 7) | ((d & 1) << 3)
 
-cdef inline void set_last_wscale(ct_cold *c, uint8_t ws) noexcept nogil:
-    c.last_diw = (c.last_diw & 0x0F) | ((ws & 0x0F) << 4)
+cdef inline void set_last_wscale(ct_entry *e, uint8_t ws) noexcept nogil:
+    e.last_diw = (e.last_diw & 0x0F) | ((ws & 0x0F) << 4)
 
 cdef inline void tcp_options_into(ct_entry *e, uint8_t d, const pkt_meta *m) noexcept nogil:
     """Kernel tcp_options: scale and flags from a SYN's options (other flags cleared but BE_LIBERAL)."""
@@ -135,11 +135,11 @@ cdef inline uint8_t tcp_new(ct_table *t, ct_entry *e, ct_cold *c, const pkt_meta
     if ns >= sIV:
         return R_TCP_NO_NEW
     end = tcp_end(m)
-    c.td_maxack[0] = c.td_maxack[1] = 0
-    c.last_seq = c.last_ack = c.last_end = 0
-    c.last_win = 0
-    c.last_flags = 0
-    c.last_diw = 0
+    e.td_maxack[0] = e.td_maxack[1] = 0
+    e.last_seq = e.last_ack = e.last_end = 0
+    e.last_win = 0
+    e.last_flags = 0
+    e.last_diw = 0
     e.td_end[0] = end
     e.td_maxwin[0] = m.win if m.win else 1
     if ns == TCP_SYN_SENT:
@@ -152,7 +152,7 @@ cdef inline uint8_t tcp_new(ct_table *t, ct_entry *e, ct_cold *c, const pkt_meta
         e.td_maxend[0] = end + e.td_maxwin[0]
         e.td_flags[0] = TF_SACK_PERM | TF_BE_LIBERAL
         e.td_flags[1] = TF_SACK_PERM | TF_BE_LIBERAL
-    set_last(c, TI_NONE, 0)
+    set_last(e, TI_NONE, 0)
     return R_VALID
 
 cdef inline int tcp_window_fail(ct_table *t, ct_entry *e, uint8_t d, pkt_meta *m, int ret,
@@ -237,10 +237,10 @@ cdef inline int tcp_in_window(ct_table *t, ct_entry *e, ct_cold *c, pkt_meta *m,
         e.td_flags[d] |= TF_DATA_UNACK
     if has_ack:
         if not (e.td_flags[d] & TF_MAXACK_SET):
-            c.td_maxack[d] = ack
+            e.td_maxack[d] = ack
             e.td_flags[d] |= TF_MAXACK_SET
-        elif seq_after(ack, c.td_maxack[d]):
-            c.td_maxack[d] = ack
+        elif seq_after(ack, e.td_maxack[d]):
+            e.td_maxack[d] = ack
     # Receiver.
     if e.td_maxwin[r] != 0 and seq_after(end, e.td_maxend[d]):
         e.td_maxwin[r] += end - e.td_maxend[d]
@@ -252,16 +252,16 @@ cdef inline int tcp_in_window(ct_table *t, ct_entry *e, ct_cold *c, pkt_meta *m,
         e.td_flags[r] &= ~TF_DATA_UNACK
     # Retransmissions of the same ACK-class segment.
     if index == TI_ACK:
-        if last_dir(c) == d and c.last_seq == seq and c.last_ack == ack and c.last_end == end and \
-                c.last_win == win_raw:
+        if last_dir(e) == d and e.last_seq == seq and e.last_ack == ack and e.last_end == end and \
+                e.last_win == win_raw:
             if e.retrans < 255:
                 e.retrans += 1
         else:
-            set_last(c, last_index(c), d)
-            c.last_seq = seq
-            c.last_ack = ack
-            c.last_end = end
-            c.last_win = win_raw
+            set_last(e, last_index(e), d)
+            e.last_seq = seq
+            e.last_ack = ack
+            e.last_end = end
+            e.last_win = win_raw
             e.retrans = 0
     return TW_ACCEPT
 
@@ -277,11 +277,11 @@ cdef inline int tcp_rst_seq_check(const ct_table *t, const ct_entry *e, const ct
     cdef bint established = old_state == TCP_ESTABLISHED and (e.status & IPS_ASSURED) != 0
     if m.seq == 0 and not established:
         return RST_OK
-    if seq_before(m.seq, c.td_maxack[r]) and not t.tcp_ignore_invalid_rst:
+    if seq_before(m.seq, e.td_maxack[r]) and not t.tcp_ignore_invalid_rst:
         return RST_INVALID
-    if not established or m.seq == c.td_maxack[r]:
+    if not established or m.seq == e.td_maxack[r]:
         return RST_OK
-    if last_index(c) == TI_ACK and last_dir(c) == m.dir and m.seq == c.last_end:
+    if last_index(e) == TI_ACK and last_dir(e) == m.dir and m.seq == e.last_end:
         return RST_OK        # part of a train of RSTs following the last ACK
     return RST_KEEP_STATE
 
@@ -319,10 +319,10 @@ cdef inline int tcp_established_ack(ct_table *t, ct_entry *e, ct_cold *c, pkt_me
         e.td_end[d] = end
         fd |= TF_DATA_UNACK
     if not (fd & TF_MAXACK_SET):
-        c.td_maxack[d] = ack
+        e.td_maxack[d] = ack
         fd |= TF_MAXACK_SET
-    elif seq_after(ack, c.td_maxack[d]):
-        c.td_maxack[d] = ack
+    elif seq_after(ack, e.td_maxack[d]):
+        e.td_maxack[d] = ack
     e.td_flags[d] = fd
     # Receiver.
     if maxwin_r != 0 and seq_after(end, maxend_d):
@@ -333,14 +333,14 @@ cdef inline int tcp_established_ack(ct_table *t, ct_entry *e, ct_cold *c, pkt_me
     # Retransmission of the same ACK-class segment, and the last packet remembered.  Without
     # branches (whether the last packet went the same way is a coin toss to the predictor): a
     # retransmission stores what is already there.
-    same = (last_dir(c) == d) & (c.last_seq == seq) & (c.last_ack == ack) & (c.last_end == end) & \
-        (c.last_win == <uint16_t>m.win)
+    same = (last_dir(e) == d) & (e.last_seq == seq) & (e.last_ack == ack) & (e.last_end == end) & \
+        (e.last_win == <uint16_t>m.win)
     e.retrans = <uint8_t>((e.retrans + (e.retrans < 255)) * same)
-    c.last_seq = seq
-    c.last_ack = ack
-    c.last_end = end
-    c.last_win = <uint16_t>m.win
-    set_last(c, TI_ACK, d)
+    e.last_seq = seq
+    e.last_ack = ack
+    e.last_end = end
+    e.last_win = <uint16_t>m.win
+    set_last(e, TI_ACK, d)
     # tcp_packet's timeout choice for ESTABLISHED (last_win is this packet's window now).
     t_est = to[TO_TCP_ESTABLISHED]
     if e.retrans >= t.tcp_max_retrans and t_est > to[TO_TCP_MAX_RETRANS]:
@@ -379,72 +379,72 @@ cdef inline int tcp_packet(ct_table *t, ct_entry *e, ct_cold *c, pkt_meta *m) no
     if new_state == TCP_SYN_SENT and old_state >= TCP_TIME_WAIT:
         # A SYN on a closed connection: reopen it if we saw it closed by a FIN, or reset by this side.
         if ((e.td_flags[d] | e.td_flags[1 - d]) & TF_CLOSE_INIT) or \
-                (last_dir(c) == d and last_index(c) == TI_RST):
+                (last_dir(e) == d and last_index(e) == TI_RST):
             return V_REOPEN
         new_state = sIG
     if new_state == sIG:
-        if index == TI_SYNACK and last_index(c) == TI_SYN and last_dir(c) != d and m.ack == c.last_end:
+        if index == TI_SYNACK and last_index(e) == TI_SYN and last_dir(e) != d and m.ack == e.last_end:
             # This SYN/ACK answers a SYN we ignored: both ends are in sync, get in sync with them.
-            ld = last_dir(c)
+            ld = last_dir(e)
             old_state = TCP_SYN_SENT
             new_state = TCP_SYN_RECV
-            e.td_end[ld] = c.last_end
-            e.td_maxend[ld] = c.last_end
-            e.td_maxwin[ld] = c.last_win if c.last_win else 1
-            e.td_scale[ld] = last_wscale(c)
-            c.last_flags &= ~TF_EXP_CHALLENGE_ACK
-            e.td_flags[ld] = c.last_flags
+            e.td_end[ld] = e.last_end
+            e.td_maxend[ld] = e.last_end
+            e.td_maxwin[ld] = e.last_win if e.last_win else 1
+            e.td_scale[ld] = last_wscale(e)
+            e.last_flags &= ~TF_EXP_CHALLENGE_ACK
+            e.td_flags[ld] = e.last_flags
             e.td_end[d] = e.td_maxend[d] = e.td_maxwin[d] = 0
-            c.td_maxack[d] = 0
+            e.td_maxack[d] = 0
             e.td_scale[d] = 0
             e.td_flags[d] &= TF_BE_LIBERAL
         else:
-            set_last(c, index, d)
-            c.last_seq = m.seq
-            c.last_end = tcp_end(m)
-            c.last_win = <uint16_t>m.win
+            set_last(e, index, d)
+            e.last_seq = m.seq
+            e.last_end = tcp_end(m)
+            e.last_win = <uint16_t>m.win
             if index == TI_SYN and d == DIR_ORIGINAL:
-                c.last_flags = 0
-                set_last_wscale(c, 0)
+                e.last_flags = 0
+                set_last_wscale(e, 0)
                 if m.wscale != 0xFF:
-                    c.last_flags |= TF_WINDOW_SCALE
-                    set_last_wscale(c, m.wscale)
+                    e.last_flags |= TF_WINDOW_SCALE
+                    set_last_wscale(e, m.wscale)
                 if m.sackperm:
-                    c.last_flags |= TF_SACK_PERM
+                    e.last_flags |= TF_SACK_PERM
                 if old_state == TCP_LAST_ACK:
-                    c.last_flags |= TF_EXP_CHALLENGE_ACK
+                    e.last_flags |= TF_EXP_CHALLENGE_ACK
             if old_state == TCP_SYN_SENT and index == TI_ACK and d == DIR_REPLY:
-                c.last_ack = m.ack
+                e.last_ack = m.ack
             return V_ACCEPT      # ignored: accepted, but neither counted nor refreshed
     elif new_state == sIV:
         m.reason = R_TCP_INVALID_STATE
         return V_INVALID
     elif new_state == TCP_TIME_WAIT:
-        if old_state == TCP_LAST_ACK and index == TI_ACK and last_dir(c) != d and \
-                last_index(c) == TI_SYN and (c.last_flags & TF_EXP_CHALLENGE_ACK):
-            c.last_flags &= ~TF_EXP_CHALLENGE_ACK
+        if old_state == TCP_LAST_ACK and index == TI_ACK and last_dir(e) != d and \
+                last_index(e) == TI_SYN and (e.last_flags & TF_EXP_CHALLENGE_ACK):
+            e.last_flags &= ~TF_EXP_CHALLENGE_ACK
             return V_ACCEPT      # an RFC 5961 challenge ACK, not the ACK of the last FIN
     elif new_state == TCP_SYN_SENT2:
-        c.last_flags |= TF_SIMULTANEOUS_OPEN
+        e.last_flags |= TF_SIMULTANEOUS_OPEN
     elif new_state == TCP_SYN_RECV:
-        if d == DIR_REPLY and index == TI_ACK and (c.last_flags & TF_SIMULTANEOUS_OPEN):
+        if d == DIR_REPLY and index == TI_ACK and (e.last_flags & TF_SIMULTANEOUS_OPEN):
             new_state = TCP_ESTABLISHED
     elif new_state == TCP_CLOSE and index == TI_RST:
         if old_state >= TCP_FIN_WAIT and old_state <= TCP_CLOSE:
             skip_window = True   # closing anyway (kernel tcp_can_early_drop)
         else:
-            if (e.td_flags[1 - d] & TF_MAXACK_SET) and last_index(c) != TI_SYN:
+            if (e.td_flags[1 - d] & TF_MAXACK_SET) and last_index(e) != TI_SYN:
                 rst = tcp_rst_seq_check(t, e, c, m, old_state)
                 if rst == RST_INVALID:
                     m.reason = R_TCP_RST_INVALID
                     return V_INVALID
                 if rst == RST_KEEP_STATE:
                     new_state = old_state    # keep the state: a challenge ACK may follow
-            if (((e.status & IPS_SEEN_REPLY) and last_index(c) == TI_SYN) or
-                    (not (e.status & IPS_ASSURED) and last_index(c) == TI_ACK)) and m.ack == c.last_end:
+            if (((e.status & IPS_SEEN_REPLY) and last_index(e) == TI_SYN) or
+                    (not (e.status & IPS_ASSURED) and last_index(e) == TI_ACK)) and m.ack == e.last_end:
                 skip_window = True       # RST answering a SYN or ACK we let through unchecked
-            elif old_state == TCP_SYN_SENT and last_index(c) == TI_ACK and last_dir(c) == DIR_REPLY and \
-                    m.seq == c.last_ack:
+            elif old_state == TCP_SYN_SENT and last_index(e) == TI_ACK and last_dir(e) == DIR_REPLY and \
+                    m.seq == e.last_ack:
                 skip_window = True       # RST answering a challenge ACK
     if not skip_window:
         res = tcp_in_window(t, e, c, m, index)
@@ -453,7 +453,7 @@ cdef inline int tcp_packet(ct_table *t, ct_entry *e, ct_cold *c, pkt_meta *m) no
         if res == TW_INVALID:
             tcp_handle_invalid(t, e, c, m, index)
             return V_INVALID
-    set_last(c, index, d)
+    set_last(e, index, d)
     e.state = new_state
     if old_state != new_state and new_state == TCP_FIN_WAIT:
         e.td_flags[d] |= TF_CLOSE_INIT
@@ -463,7 +463,7 @@ cdef inline int tcp_packet(ct_table *t, ct_entry *e, ct_cold *c, pkt_meta *m) no
         timeout = to[TO_TCP_CLOSE]
     elif ((e.td_flags[0] | e.td_flags[1]) & TF_DATA_UNACK) and to[TO_TCP_NONE + new_state] > to[TO_TCP_UNACK]:
         timeout = to[TO_TCP_UNACK]
-    elif c.last_win == 0 and to[TO_TCP_NONE + new_state] > to[TO_TCP_MAX_RETRANS]:
+    elif e.last_win == 0 and to[TO_TCP_NONE + new_state] > to[TO_TCP_MAX_RETRANS]:
         timeout = to[TO_TCP_MAX_RETRANS]
     else:
         timeout = to[TO_TCP_NONE + new_state]
@@ -491,11 +491,11 @@ cdef inline void tcp_handle_invalid(ct_table *t, ct_entry *e, ct_cold *c, pkt_me
         return
     if index != TI_RST and index != TI_FIN:
         return
-    if last_dir(c) != m.dir and (last_index(c) == TI_FIN or last_index(c) == TI_RST):
+    if last_dir(e) != m.dir and (last_index(e) == TI_FIN or last_index(e) == TI_RST):
         left = e.expires - m.now
         if left < 120 * 1000000000LL:
             return
         if left > m.to[TO_TCP_UNACK]:
             e.expires = m.now + m.to[TO_TCP_UNACK]
     else:
-        set_last(c, index, m.dir)
+        set_last(e, index, m.dir)

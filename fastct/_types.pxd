@@ -139,17 +139,25 @@ cdef enum:
     PK_FRAG = 5       # an IP fragment: goes to reassembly (_frag.pxd) before tracking
     PK_HELD = 6       # a fragment held until its datagram is complete: ct_state 0, `held`
 
-# A table entry: 128 bytes, two cache lines.  Line 0 holds the original tuple (the lookup key) and
-# what every packet writes (expiry, status, state, TCP sequence ends); line 1 the per-direction
-# counters and the rest of the TCP window state.  Fields are ordered so that natural alignment leaves
-# no padding, so the C layout and the numpy dtype derived from it agree byte for byte.
+# A table entry: 128 bytes, two cache lines, holding everything an established packet reads or
+# writes (the TCP retransmission bookkeeping included), so such a packet touches its index slot and
+# these two lines and nothing else: each further random line costs ~6.5 ns per packet at 1M
+# connections on this kind of machine (the cold record, when it held td_maxack and last_*, cost 13).
+# Line 0 holds the original tuple (the lookup key), the expiry, status, state and sequence ends;
+# line 1 the counters and the rest of the TCP window state.  Fields are ordered so that natural
+# alignment leaves no padding, so the C layout and the numpy dtype derived from it agree byte for byte.
 #
 # Tuple layout, shared by IPv4 and IPv6: addresses are 16 bytes in network order; an IPv4 address
 # takes bytes 0-3 and bytes 4-15 are zero.  Ports are in host order; for ICMP/ICMPv6 `sport` holds
 # the echo id and `dport` is type << 8 | code, as the kernel's tuple keeps them.  The reply tuple is
-# the reverse of this one (ports swapped, ICMP type inverted) and is not stored; only NAT will store a
-# translated reply tuple, out of line (`aux`).  Bytes 32-39 read as one little-endian uint64 are
+# the reverse of this one (ports swapped, ICMP type inverted) and is not stored; only NAT stores a
+# translated reply tuple, out of line (ct_nat).  Bytes 32-39 read as one little-endian uint64 are
 # sport | dport << 16 | zone << 32 | l3 << 48 | proto << 56 (the key word `k4`).
+#
+# Counters: the low 32 bits of each per-direction packet and byte counter live here, the high 32
+# bits in the cold record, carried there when the low word wraps (once per 4 GiB of a direction's
+# bytes).  That is what makes the TCP state fit; Tracker.counters() and Tracker.record() give the
+# whole 64-bit values.
 cdef struct ct_entry:
     uint8_t src[16]         # 0   original source address
     uint8_t dst[16]         # 16  original destination address
@@ -163,28 +171,30 @@ cdef struct ct_entry:
     uint8_t state           # 50  protocol state (TCP_* for TCP)
     uint8_t retrans         # 51  TCP retransmission count (kernel ct->proto.tcp.retrans)
     uint32_t td_end[2]      # 52  TCP per direction: highest seq + len sent
-    uint32_t mark           # 60  ct mark
-    uint64_t packets[2]     # 64  per direction (original, reply)
-    uint64_t bytes[2]       # 80  per direction, IP total length as the kernel counts
-    int64_t last_seen       # 96  ns, last packet that refreshed the entry
-    uint32_t td_maxend[2]   # 104 TCP per direction: highest ack + window the peer allowed
-    uint32_t td_maxwin[2]   # 112 TCP per direction: largest window advertised
-    uint32_t aux            # 120 index into side tables (NAT reply tuple, label, helper); 0xFFFFFFFF none
-    uint8_t td_scale[2]     # 124 TCP window scale per direction
-    uint8_t td_flags[2]     # 126 TCP per-direction flags (kernel IP_CT_TCP_FLAG_*)
+    uint32_t last_seq       # 60  TCP: the last packet's seq (kernel ct->proto.tcp.last_seq)
+    uint32_t packets_lo[2]  # 64  per direction (original, reply): low 32 bits (high: ct_cold)
+    uint32_t bytes_lo[2]    # 72  per direction, IP total length as the kernel counts: low 32 bits
+    int64_t last_seen       # 80  ns, last packet that refreshed the entry
+    uint32_t td_maxend[2]   # 88  TCP per direction: highest ack + window the peer allowed
+    uint32_t td_maxwin[2]   # 96  TCP per direction: largest window advertised
+    uint32_t td_maxack[2]   # 104 TCP per direction: highest ack sent
+    uint32_t last_ack       # 112 TCP: the last packet's ack, end and raw window
+    uint32_t last_end       # 116
+    uint16_t last_win       # 120
+    uint8_t td_scale[2]     # 122 TCP window scale per direction
+    uint8_t td_flags[2]     # 124 TCP per-direction flags (kernel IP_CT_TCP_FLAG_*)
+    uint8_t last_flags      # 126 TCP: options of an ignored SYN, simultaneous open, challenge ACK
+    uint8_t last_diw        # 127 TCP: last_index (bits 0-2), last_dir (bit 3), last_wscale (bits 4-7)
 
-# Cold per-entry data, in a parallel array of 32-byte records (never straddling a cache line):
-# the start time, and the TCP bookkeeping the kernel keeps for retransmission detection and for
-# getting back in sync after ignored packets (ct->proto.tcp.last_*, td_maxack).
+# Cold per-entry data, in a parallel array of 32-byte records (never straddling a cache line): what
+# no established packet reads.  The counters' high words change once per 4 GiB (bytes) or 4 G
+# packets of a direction; mark and helper are read by rulesets and output.
 cdef struct ct_cold:
     int64_t start           # 0  ns, time of the first packet (conntrack's start timestamp)
-    uint32_t td_maxack[2]   # 8  TCP per direction: highest ack sent
-    uint32_t last_seq       # 16 TCP: the last packet's seq, ack, end and raw window
-    uint32_t last_ack       # 20
-    uint32_t last_end       # 24
-    uint16_t last_win       # 28
-    uint8_t last_flags      # 30 TCP: options of an ignored SYN, simultaneous open, challenge ACK
-    uint8_t last_diw        # 31 TCP: last_index (bits 0-2), last_dir (bit 3), last_wscale (bits 4-7)
+    uint32_t packets_hi[2]  # 8  high 32 bits of ct_entry.packets_lo
+    uint32_t bytes_hi[2]    # 16 high 32 bits of ct_entry.bytes_lo
+    uint32_t mark           # 24 ct mark
+    uint32_t aux            # 28 helper number (ct helper set); 0xFFFFFFFF none
 
 # What the parser hands the later stages for one packet (per-batch scratch, never stored).
 cdef struct pkt_meta:

@@ -307,12 +307,12 @@ def cmd_track(args) -> int:
     stats = tracker.stats()
     entries = tracker.entries()
     replies = tracker.replies()
-    start = tracker.cold()["start"]
+    cold = tracker.cold()
     keep = np.ones(len(entries), dtype=bool)
     for kind, value in (("src", args.src_nat), ("dst", args.dst_nat)):
         if value is not None:
             keep &= nat_filter(entries, replies, kind, None if value is True else value)
-    lines = format_table(entries[keep], replies[keep], start[keep], tracker.now,
+    lines = format_table(entries[keep], replies[keep], cold[keep], tracker.now,
                          tracker.helper_names())
     out = sys.stdout
     if lines:

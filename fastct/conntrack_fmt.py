@@ -44,9 +44,13 @@ def _l4_fields(proto: int, sport: int, dport: int, state: int) -> str:
     return ""
 
 
-def format_entry(e, reply, start_ns: int, now_ns: int, helpers=()) -> str:
+def format_entry(e, reply, c, now_ns: int, helpers=()) -> str:
     """One line; `reply` is the entry's reply tuple (Tracker.replies), translated where NAT
-    changed it; `helpers` maps an entry's aux (helper number) to the helper's name."""
+    changed it; `c` its cold record (start, counters' high words, mark, helper); `helpers` maps a
+    helper number to the helper's name."""
+    start_ns = int(c["start"])
+    packets = [(int(c["packets_hi"][d]) << 32) | int(e["packets_lo"][d]) for d in (0, 1)]
+    nbytes = [(int(c["bytes_hi"][d]) << 32) | int(e["bytes_lo"][d]) for d in (0, 1)]
     l3 = int(e["l3"])
     proto = int(e["proto"])
     sport, dport = int(e["sport"]), int(e["dport"])
@@ -60,34 +64,34 @@ def format_entry(e, reply, start_ns: int, now_ns: int, helpers=()) -> str:
     if name is not None:
         parts.append(name + " ")
     parts.append(f"src={src} dst={dst} {_l4_fields(proto, sport, dport, state)}")
-    parts.append(f"packets={int(e['packets'][0])} bytes={int(e['bytes'][0])} ")
+    parts.append(f"packets={packets[0]} bytes={nbytes[0]} ")
     if not status & SEEN_REPLY:
         parts.append("[UNREPLIED] ")
     rsrc, rdst = format_addr(reply["src"], l3), format_addr(reply["dst"], l3)
     parts.append(f"src={rsrc} dst={rdst} {_l4_fields(proto, int(reply['sport']), int(reply['dport']), state)}")
-    parts.append(f"packets={int(e['packets'][1])} bytes={int(e['bytes'][1])} ")
+    parts.append(f"packets={packets[1]} bytes={nbytes[1]} ")
     if status & ASSURED:
         parts.append("[ASSURED] ")
-    parts.append(f"mark={int(e['mark'])} ")
+    parts.append(f"mark={int(c['mark'])} ")
     if int(e["zone"]):
         parts.append(f"zone={int(e['zone'])} ")
     parts.append(f"delta-time={now_ns // NS - start_ns // NS} ")
-    aux = int(e["aux"])
+    aux = int(c["aux"])
     if aux < len(helpers):
         parts.append(f"helper={helpers[aux]} ")
     parts.append("use=1")
     return "".join(parts)
 
 
-def format_table(entries: np.ndarray, replies: np.ndarray, start: np.ndarray, now_ns: int,
+def format_table(entries: np.ndarray, replies: np.ndarray, cold: np.ndarray, now_ns: int,
                  helpers=()) -> list[str]:
     """conntrack -L -o extended lines for the entries alive at now_ns, oldest first; `replies`
-    and `start` are parallel to `entries` (Tracker.replies, Tracker.cold()["start"]); `helpers`
-    as Tracker.helper_names()."""
+    and `cold` are parallel to `entries` (Tracker.replies, Tracker.cold()); `helpers` as
+    Tracker.helper_names()."""
     alive = entries["expires"] > now_ns
-    entries, replies, start = entries[alive], replies[alive], start[alive]
-    return [format_entry(entries[i], replies[i], int(start[i]), now_ns, helpers)
-            for i in order_oldest_first(entries, start)]
+    entries, replies, cold = entries[alive], replies[alive], cold[alive]
+    return [format_entry(entries[i], replies[i], cold[i], now_ns, helpers)
+            for i in order_oldest_first(entries, cold["start"])]
 
 
 def format_stats(stats: dict) -> str:

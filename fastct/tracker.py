@@ -27,6 +27,7 @@ REASONS: list[str] = _NAMES["reasons"]
 STAT_NAMES: list[str] = _NAMES["stats"]
 ENTRY_DTYPE = _engine.ENTRY_DTYPE
 COLD_DTYPE = _engine.COLD_DTYPE
+COUNTERS_DTYPE = np.dtype([("packets", np.uint64, (2,)), ("bytes", np.uint64, (2,))])
 # A tuple: the first 40 bytes of an entry (the key), also the layout of a stored NAT reply tuple.
 TUPLE_DTYPE = np.dtype({"names": [n for n in ENTRY_DTYPE.names if ENTRY_DTYPE.fields[n][1] < 40],
                         "formats": [ENTRY_DTYPE.fields[n][0] for n in ENTRY_DTYPE.names
@@ -535,9 +536,17 @@ class Tracker:
         return PORT_PROTOCOLS | {33} if self._dccp_tracker else PORT_PROTOCOLS
 
     def cold(self) -> np.ndarray:
-        """Cold per-entry data (start time, TCP bookkeeping), parallel to entries()."""
+        """Cold per-entry data (COLD_DTYPE: start time, the counters' high words, mark, helper),
+        parallel to entries()."""
         self.expire()
         return self._engine.cold_view()
+
+    def counters(self) -> np.ndarray:
+        """Each live entry's whole counters, parallel to entries(): COUNTERS_DTYPE, `packets` and
+        `bytes` as uint64[2] (original, reply direction).  The entry holds their low 32 bits
+        (packets_lo, bytes_lo), the cold record the high ones."""
+        self.expire()
+        return full_counters(self._engine.entries_view(), self._engine.cold_view())
 
     def lookup(self, src, dst, proto, sport: int = 0, dport: int = 0, zone: int = 0,
                icmp_type: int | None = None, icmp_code: int = 0) -> dict | None:
@@ -571,6 +580,10 @@ class Tracker:
         rec["index"] = int(idx)
         rec["direction"] = "reply" if direction else "original"
         rec["start"] = int(c["start"])
+        rec["packets"] = [(int(c["packets_hi"][d]) << 32) | int(e["packets_lo"][d]) for d in (0, 1)]
+        rec["bytes"] = [(int(c["bytes_hi"][d]) << 32) | int(e["bytes_lo"][d]) for d in (0, 1)]
+        rec["mark"] = int(c["mark"])
+        rec["aux"] = int(c["aux"])
         rec["state_name"] = state_name(int(e["proto"]), int(e["state"]))
         rec["status_names"] = status_names(int(e["status"]))
         rec["timeout"] = max(0, (int(e["expires"]) - self.now) // 1_000_000_000)
@@ -589,6 +602,14 @@ class Tracker:
 
     def memory_bytes(self) -> int:
         return self._engine.memory_bytes()
+
+
+def full_counters(entries: np.ndarray, cold: np.ndarray) -> np.ndarray:
+    """COUNTERS_DTYPE for parallel entry and cold records: low words joined with high words."""
+    out = np.empty(len(entries), dtype=COUNTERS_DTYPE)
+    for name in ("packets", "bytes"):
+        out[name] = (cold[name + "_hi"].astype(np.uint64) << np.uint64(32)) | entries[name + "_lo"]
+    return out
 
 
 NAT_MASK = STATUS_BITS["SRC_NAT"] | STATUS_BITS["DST_NAT"]

@@ -71,8 +71,9 @@ def test_tcp_states_agree(capture):
     with CaptureReader(path) as reader:
         for batch in reader:
             t.process(batch)
-        ents = t.entries(proto="tcp")
-        table = cp.table_fastct(ents)
+        tcp = t.entries()["proto"] == 6
+        ents = t.entries()[tcp]
+        table = cp.table_fastct(ents, t.counters()[tcp])
         fastct_state = dict(zip(table, (TCP_STATES[s] for s in ents["state"])))
     flows, _ = pdt.track(path)
     dict_state = {gen.canonical_key(r[0], r[1], r[2], r[3], r[4]): r[9] for r in pdt.rows(flows) if r[0] == 6}

@@ -1121,3 +1121,26 @@ def test_prefault_sizes_the_index_for_max_conns():
     assert (res.ct_state == (B["trk"] | B["new"])).all()
     assert t.stats()["grows"] == 0 and len(t) == n
     assert t._engine.check_invariants() == []
+
+
+def test_counters_carry_past_32_bits():
+    # The entry keeps each counter's low 32 bits, the cold record the high ones (so the TCP state
+    # fits two cache lines).  A wrap of the low word must carry: set the low words just below 2^32
+    # and send two more packets each way, then read the whole values every way they are shown.
+    t = Tracker(seed=1)
+    run(t, [udp4(C, S, 7000, 53), udp4(S, C, 53, 7000)], [1.0, 1.1])
+    view = t._engine.entries_view()
+    view["packets_lo"][0] = [0xFFFFFFFF, 0xFFFFFFFE]
+    view["bytes_lo"][0] = [0xFFFFFFFF - UDP_LEN + 1, 0xFFFFFFF0]
+    run(t, [udp4(C, S, 7000, 53), udp4(S, C, 53, 7000), udp4(S, C, 53, 7000)], [2.0, 2.1, 2.2])
+    want_p = [0xFFFFFFFF + 1, 0xFFFFFFFE + 2]
+    want_b = [0xFFFFFFFF + 1, 0xFFFFFFF0 + 2 * UDP_LEN]
+    rec = t.lookup(C, S, "udp", 7000, 53)
+    assert rec["packets"] == want_p and rec["bytes"] == want_b
+    assert t.cold()["packets_hi"][0].tolist() == [1, 1] and t.cold()["bytes_hi"][0].tolist() == [1, 1]
+    assert t.entries()["packets_lo"][0].tolist() == [0, 0]
+    assert t.counters()["packets"][0].tolist() == want_p and t.counters()["bytes"][0].tolist() == want_b
+    from fastct.conntrack_fmt import format_table
+    line = format_table(t.entries(), t.replies(), t.cold(), t.now)[0]
+    assert f"packets={want_p[0]} bytes={want_b[0]} " in line
+    assert f"packets={want_p[1]} bytes={want_b[1]} " in line

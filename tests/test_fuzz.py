@@ -53,7 +53,7 @@ from fastct.rules_compile import compile_ruleset
 from fastct import CT_STATE_BITS as B, Batch, Tracker
 from fastct import cli, nat, sysctl
 from fastct.capture.reader import CaptureError, CaptureReader
-from fastct.tracker import DCCP_STATES, SCTP_STATES, STAT_NAMES, STATUS_BITS, TCP_STATES, TIMEOUT_DEFAULTS
+from fastct.tracker import DCCP_STATES, SCTP_STATES, STAT_NAMES, STATUS_BITS, TCP_STATES, TIMEOUT_DEFAULTS, full_counters
 
 SCALE = float(os.environ.get("FASTCT_FUZZ_SCALE", "1"))
 
@@ -988,8 +988,9 @@ def check_table(t: Tracker, cfg: Config, zones_seen: set):
     # live entries: times and counters
     now = t.now
     live = view["expires"] > now
-    pk = view["packets"].astype(np.int64)
-    by = view["bytes"].astype(np.int64)
+    counts = full_counters(view, eng.cold_view())
+    pk = counts["packets"].astype(np.int64)
+    by = counts["bytes"].astype(np.int64)
     assert np.all(pk[live].sum(axis=1) >= 1), "a live entry that counted no packet"
     minlen = np.where(v4, 20, 40)[:, None]
     assert np.all(by >= pk * minlen), "fewer bytes than the smallest IP header per packet"

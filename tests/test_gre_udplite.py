@@ -64,7 +64,7 @@ def test_gre_v1_keyed_by_call_id():
     # source key 0) never match the reverse of the first.
     assert st == [TRK | NEW] * 3
     assert len(t) == 3
-    lines = format_table(t.entries(), t.replies(), t.cold()["start"], t.now)
+    lines = format_table(t.entries(), t.replies(), t.cold(), t.now)
     assert any("srckey=0x0 dstkey=0x1234 packets=1 bytes=36 [UNREPLIED] src=10.1.1.10 dst=10.1.1.11 "
                "srckey=0x1234 dstkey=0x0 packets=0 bytes=0" in line for line in lines), lines
     # 30 s from 0.0 and 0.1 seen at 0.2: 29 whole seconds left; from 0.2: 30.

@@ -114,7 +114,7 @@ def fastct_tables_after(pcap, indices):
             tracker.process(batch)
             if i in indices:
                 tables[i] = parse_table("\n".join(
-                    format_table(tracker.entries(), tracker.replies(), tracker.cold()["start"], tracker.now)))
+                    format_table(tracker.entries(), tracker.replies(), tracker.cold(), tracker.now)))
     finally:
         reader.close()
     return tables
@@ -132,7 +132,7 @@ def run_fastct(pcap):
         assert reader.error is None, reader.error
     finally:
         reader.close()
-    lines = format_table(tracker.entries(), tracker.replies(), tracker.cold()["start"], tracker.now)
+    lines = format_table(tracker.entries(), tracker.replies(), tracker.cold(), tracker.now)
     return states, "\n".join(lines) + ("\n" if lines else "")
 
 
@@ -885,7 +885,7 @@ def run_fastct_ingress(pcap):
     tracker, states, held, _ = track(7)
     assert (states1, held1) == (states, held), (
         f"fastct's verdicts differ between batches of 1 and of 7:\n  {states1} {held1}\n  {states} {held}")
-    lines = format_table(tracker.entries(), tracker.replies(), tracker.cold()["start"], tracker.now)
+    lines = format_table(tracker.entries(), tracker.replies(), tracker.cold(), tracker.now)
     stats = tracker.stats()
     return states, held, [d > 0 for d in dropped1], stats, "\n".join(lines) + ("\n" if lines else "")
 

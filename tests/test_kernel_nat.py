@@ -376,7 +376,7 @@ def _ip_offset(linktype: int) -> int:
 
 def fastct_table_by_orig(tracker) -> dict:
     from fastct.conntrack_fmt import format_table
-    lines = format_table(tracker.entries(), tracker.replies(), tracker.cold()["start"], tracker.now)
+    lines = format_table(tracker.entries(), tracker.replies(), tracker.cold(), tracker.now)
     return {conn_key(r): r for r in parse_table("\n".join(lines))}
 
 
@@ -437,7 +437,7 @@ def run_fastct(run: NatRun, rules, iface_names=None):
         reader.close()
     assert len(run.out) == len(run.ingress), \
         f"fastct read {len(run.out)} packets, the capture has {len(run.ingress)}"
-    lines = format_table(tracker.entries(), tracker.replies(), tracker.cold()["start"], tracker.now,
+    lines = format_table(tracker.entries(), tracker.replies(), tracker.cold(), tracker.now,
                          tracker.helper_names())
     run.fastct_text = "\n".join(lines) + ("\n" if lines else "")
     run.tracker = tracker

@@ -177,7 +177,7 @@ def test_snat_tcp_handshake_rewrites_both_directions():
     assert reply(t) == (SRV, GW, 80, 40000)
     assert {"SRC_NAT", "SRC_NAT_DONE", "DST_NAT_DONE", "SEEN_REPLY"} <= status_names(t)
     assert "DST_NAT" not in status_names(t)
-    line = format_table(t.entries(), t.replies(), t.cold()["start"], t.now)[0]
+    line = format_table(t.entries(), t.replies(), t.cold(), t.now)[0]
     assert f"src={C1} dst={SRV} sport=40000 dport=80 " in line
     assert f"src={SRV} dst={GW} sport=80 dport=40000 " in line
     assert t.stats()["nat_rewritten"] == 3

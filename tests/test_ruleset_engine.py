@@ -127,8 +127,8 @@ def test_ct_mark_set_in_a_nat_chain_is_the_connection_mark():
                             Rule(matches=(l4(6),), ct_mark_set=0x2A))])
     run(t, [tcp(C1, SRV, 40000, 80, SYN), udp(C1, SRV, 5000, 53)])
     e = t.entries()
-    assert sorted(e["mark"].tolist()) == [0, 0x2A]
-    line = [x for x in format_table(e, t.replies(), t.cold()["start"], t.now) if "tcp" in x][0]
+    assert sorted(t.cold()["mark"].tolist()) == [0, 0x2A]
+    line = [x for x in format_table(e, t.replies(), t.cold(), t.now) if "tcp" in x][0]
     assert " mark=42 " in line
 
 
@@ -138,10 +138,10 @@ def test_filter_chain_marks_established_packets_of_a_connection():
                                  counter=True))])
     syn, synack = tcp(C1, SRV, 40000, 80, SYN, seq=1), tcp(SRV, C1, 80, 40000, SYN | ACK, seq=9, ack=2)
     r, _ = run(t, [syn])
-    assert int(t.entries()["mark"][0]) == 0
+    assert int(t.cold()["mark"][0]) == 0
     r, _ = run(t, [synack], ts0=1001)
     assert r.ct_state.tolist() == [TRK | EST | RPL]
-    assert int(t.entries()["mark"][0]) == 5
+    assert int(t.cold()["mark"][0]) == 5
     assert t.rule_counters().tolist() == [[1, ip_len(synack)]]
 
 
@@ -182,7 +182,7 @@ def test_helper_is_recorded_and_listed():
     # The UDP datagram to port 21 matches too, but an ftp helper for tcp is not attached to it.
     run(t, [tcp(C1, SRV, 40000, 21, SYN), tcp(C1, SRV, 40001, 80, SYN), udp(C1, SRV, 40002, 21)])
     assert t.helper_names() == ["ftp"]
-    lines = format_table(t.entries(), t.replies(), t.cold()["start"], t.now, t.helper_names())
+    lines = format_table(t.entries(), t.replies(), t.cold(), t.now, t.helper_names())
     assert sum(" helper=ftp use=1" in x for x in lines) == 1
     assert [" dport=21 " in x for x in lines if "helper=" in x] == [True]
 
@@ -350,5 +350,5 @@ def test_iptables_ct_helper_template_in_raw():
     t = Tracker(max_conns=64, seed=1)
     t.set_ruleset(rs)
     run(t, [tcp(C1, SRV, 40000, 21, SYN), tcp(C1, SRV, 40001, 22, SYN)])
-    lines = format_table(t.entries(), t.replies(), t.cold()["start"], t.now, t.helper_names())
+    lines = format_table(t.entries(), t.replies(), t.cold(), t.now, t.helper_names())
     assert [(" dport=21 " in x, "helper=ftp" in x) for x in sorted(lines)] == [(True, True), (False, False)]
