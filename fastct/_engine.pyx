@@ -13,7 +13,8 @@ import numpy as np
 cimport numpy as cnp
 
 from fastct._types cimport *
-from fastct._parse cimport parse_frame, tuple_reverse_k4, link_type_handled, icmp_inverse_type
+from fastct._parse cimport (parse_frame, parse_fast_tcp4, tuple_reverse_k4, link_type_handled,
+                            icmp_inverse_type, LT_ETHERNET)
 from fastct._flowkey cimport meta_hash, key_store, entry_hash, key_eq_orig, key_eq_reply, key_eq_tuple
 from fastct._table cimport (table_find, table_candidate, slot_insert, sweep_expired, sweep_all,
                             reclaim_dead, early_drop, entry_forget, entry_unindex, migrate_step,
@@ -25,6 +26,7 @@ from fastct._rules cimport rs_ctx, rs_has, rs_hook, rs_iif, CTS_NEW, CTS_ESTABLI
 from fastct._rewrite cimport nat_rewrite, nat_state_bits
 from fastct._verdict cimport V_ACCEPT, V_INVALID, V_REOPEN
 from fastct._proto cimport proto_new, proto_packet
+from fastct._tcp cimport tcp_established_ack
 from fastct._checksum cimport check_sums, ipv4_header_ok
 from fastct._dccp cimport dccp_key
 from fastct._frag cimport frag_q, frag_handle, frag_sweep, FRAG_SLOTS, FRAG_L4_SAVE
@@ -985,10 +987,36 @@ cdef class Engine:
         cdef uint32_t low
         cdef int dres
         # Stage 1: parse, key, hash.  Headers are prefetched HDR_PREFETCH packets ahead.
+        # The common packet (Ethernet, IPv4, TCP without SYN) when nothing in this batch needs more
+        # of it (checksums, raw chains, VLAN zones): what the general path below makes of it, minus
+        # the checks that cannot apply.  tests/test_fastpath.py compares the two.
+        cdef bint fast1 = t.tcp_fast and not t.checksum and not zone_from_vlan and \
+            not (t.rs_on and rs_has(t, HP_RAW))
+        cdef uint64_t zone_bits = <uint64_t>zone << 32
+        cdef uint64_t k4
         for i in range(cnt):
             if i + HDR_PREFETCH < left:
                 FASTCT_PREFETCH_R(buf + off[i + HDR_PREFETCH])
             m = &self._meta[i]
+            if fast1 and if_lt[iface[i]] == LT_ETHERNET and if_fcs[iface[i]] == 0 and \
+                    parse_fast_tcp4(buf + off[i], cap[i], wire[i] if wire[i] > cap[i] else cap[i], m):
+                if ts[i] >= t.now:
+                    t.now = ts[i]
+                else:
+                    t.stats[ST_TIME_BACKWARDS] += 1
+                m.now = t.now
+                m.idx = -1
+                m.dir = 0
+                k4 = m.k[4] | zone_bits
+                m.k[4] = k4
+                m.meta_mark = 0
+                m.helper = 0
+                # (tuple_reverse_k4 for TCP: the ports swapped)
+                m.rk4 = (k4 & <uint64_t>0xFFFFFFFF00000000) | ((k4 & 0xFFFF) << 16) | ((k4 >> 16) & 0xFFFF)
+                m.hash = key_hash(m.k[0], 0, m.k[2], 0, k4, m.rk4, t.seed)
+                m.sack = m.ack
+                FASTCT_PREFETCH_R(&t.slots[(m.hash >> 32) & t.mask])
+                continue
             parse_frame(buf + off[i], cap[i], wire[i], if_lt[iface[i]], if_fcs[iface[i]], m)
             if ts[i] >= t.now:
                 t.now = ts[i]
@@ -1065,9 +1093,29 @@ cdef class Engine:
                     prefetch_eviction(t, m.hash)
         # Stage 3: protocol state and outputs, in packet order.
         t.stats[ST_PACKETS] += cnt
+        # An established TCP ACK of a connection without NAT, found where stage 2 said, when nothing
+        # in this batch looks at packets (no per-packet chains, no zone timeout policies): what the
+        # general path below does with it, in a straight line.  tests/test_fastpath.py compares.
+        cdef bint fast3 = t.tcp_fast and not walk and t.zone_policy == NULL
         for i in range(cnt):
             m = &self._meta[i]
             o_held[i] = 0
+            if fast3 and m.kind == PK_TRACK and m.proto == IP_PROTO_TCP and m.pflags == 0 and \
+                    not m.cand_reply and <uint32_t>m.idx < t.n and (m.tcpflags & 0x17) == 0x10:
+                e = &t.e[m.idx]
+                dres = match_dir(e, m.k, m.rk4, (e.status & IPS_NAT_MASK) != 0)
+                if dres >= 0 and e.expires > m.now and e.state == TCP_ESTABLISHED and \
+                        not (e.status & IPS_NAT_MASK):
+                    m.dir = <uint8_t>dres
+                    m.to = t.timeouts
+                    if tcp_established_ack(t, e, m) == V_ACCEPT:
+                        found += 1
+                        e.status |= <uint16_t>(m.dir * IPS_SEEN_REPLY)
+                        o_state[i] = CS_TRK | (CS_EST if e.status & IPS_SEEN_REPLY else CS_NEW) | \
+                            (m.dir * CS_RPL)
+                        o_entry[i] = m.idx
+                        o_dir[i] = m.dir
+                        continue
             if m.kind != PK_TRACK:
                 o_state[i] = 0
                 o_entry[i] = -1

@@ -285,7 +285,7 @@ cdef inline int tcp_rst_seq_check(const ct_table *t, const ct_entry *e, const ct
         return RST_OK        # part of a train of RSTs following the last ACK
     return RST_KEEP_STATE
 
-cdef inline int tcp_established_ack(ct_table *t, ct_entry *e, ct_cold *c, pkt_meta *m) noexcept nogil:
+cdef inline int tcp_established_ack(ct_table *t, ct_entry *e, pkt_meta *m) noexcept nogil:
     """The packet almost every TCP packet is: ACK-class (no SYN, FIN or RST), on an ESTABLISHED
     connection whose sender side is known, inside both windows.  What tcp_packet and tcp_in_window
     do with it, in one straight line (no flag classes, no table, no state cases).  Returns V_ACCEPT
@@ -362,7 +362,7 @@ cdef inline int tcp_established_ack(ct_table *t, ct_entry *e, ct_cold *c, pkt_me
 cdef inline int tcp_packet(ct_table *t, ct_entry *e, ct_cold *c, pkt_meta *m) noexcept nogil:
     """One packet of a TCP connection (the first included); kernel nf_conntrack_tcp_packet."""
     if (m.tcpflags & 0x17) == 0x10 and e.state == TCP_ESTABLISHED and t.tcp_fast and \
-            tcp_established_ack(t, e, c, m) == V_ACCEPT:
+            tcp_established_ack(t, e, m) == V_ACCEPT:
         return V_ACCEPT
     cdef uint8_t d = m.dir
     cdef uint8_t index, old_state, new_state, ld
