@@ -898,7 +898,6 @@ cdef class Engine:
             raise ValueError("out_iface must have one item per packet")
         if n == 0:
             return 0
-        cdef const uint16_t *oif = NULL
         if 10 * n + 16 > self._ev_cap:
             # At most two notes (3 words each) per packet (room made, then given back), and two
             # touched map pairs per note; the map has room for four keys per note at most.
@@ -931,35 +930,44 @@ cdef class Engine:
         with nogil:
             self._last_swept = sweep_expired(&self.t, start_now, budget)
             frag_sweep(&self.t, self._fq, start_now, 16)
+        cdef const uint16_t *oif_all = &out_iface[0] if out_iface is not None else NULL
         base = 0
-        while base < n:
-            cnt = n - base if n - base < SUB else SUB
-            if commit and self._needs_grow(<uint32_t>cnt):
-                self._grow()
-            elif self.t.n + self.t.nat_live >= self.t.grow_at // 2 and self.t.grow_at < self._slot_cap() and \
-                    self.t.oslots == NULL:
-                # Halfway to the next grow: zero its index 128 bytes per packet (it needs ~51 per
-                # inserted connection to be ready in time).
-                self._prepare_next(<Py_ssize_t>(128 * cnt))
-            if self.t.oslots != NULL:
-                with nogil:
-                    # 4 old slots per packet: done long before the new index needs to grow again
-                    # (that takes 5/8 of the old size in new entries, at most one per packet).
-                    self._migrate(<uint64_t>(4 * cnt + 64))
-                if self.t.oslots == NULL:
-                    self._old_slots = None
-            oif = &out_iface[base] if out_iface is not None else NULL
-            with nogil:
+        with nogil:
+            # One GIL release for the whole batch (taken back only to allocate a bigger index).
+            while base < n:
+                cnt = n - base if n - base < SUB else SUB
+                self._index_room(<uint32_t>cnt, commit)
                 self._run(&buf[0], &offsets[base], &caplen[base], &wirelen[base], &ts[base], &iface[base],
-                          oif, &if_linktype[0], &if_fcslen[0], <uint32_t>cnt, n - base,
-                          &out_state[base], &out_entry[base], &out_dir[base], &out_held[base],
-                          &linktype_skipped[0],
-                          <uint16_t>zone, zone_from_vlan, commit, rewrite, base)
-            base += cnt
+                          oif_all + base if oif_all != NULL else NULL, &if_linktype[0], &if_fcslen[0],
+                          <uint32_t>cnt, n - base, &out_state[base], &out_entry[base], &out_dir[base],
+                          &out_held[base], &linktype_skipped[0], <uint16_t>zone, zone_from_vlan, commit,
+                          rewrite, base)
+                base += cnt
         if self._ev_n:
             with nogil:
                 self._fix_outputs(&out_entry[0], n)
         return n
+
+    cdef int _index_room(self, uint32_t cnt, bint commit) except -1 nogil:
+        """Before a sub-batch of cnt packets: the index grown if they could fill it, the next index
+        zeroed a little when a grow nears, an index being emptied moved on a little."""
+        if commit and self._needs_grow(cnt):
+            with gil:
+                self._grow()
+        elif self.t.n + self.t.nat_live >= self.t.grow_at // 2 and self.t.grow_at < self._slot_cap() and \
+                self.t.oslots == NULL:
+            # Halfway to the next grow: zero its index 128 bytes per packet (it needs ~51 per
+            # inserted connection to be ready in time).
+            with gil:
+                self._prepare_next(<Py_ssize_t>(128 * cnt))
+        if self.t.oslots != NULL:
+            # 4 old slots per packet: done long before the new index needs to grow again (that
+            # takes 5/8 of the old size in new entries, at most one per packet).
+            self._migrate(<uint64_t>(4 * cnt + 64))
+            if self.t.oslots == NULL:
+                with gil:
+                    self._old_slots = None
+        return 0
 
     cdef void _run(self, const uint8_t *buf, const int64_t *off, const uint32_t *cap, const uint32_t *wire,
                    const int64_t *ts, const uint16_t *iface, const uint16_t *oif, const uint32_t *if_lt,
