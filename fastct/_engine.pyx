@@ -13,7 +13,7 @@ import numpy as np
 cimport numpy as cnp
 
 from fastct._types cimport *
-from fastct._parse cimport (parse_frame, parse_fast_tcp4, tuple_reverse_k4, link_type_handled,
+from fastct._parse cimport (parse_frame, parse_frame_general, parse_fast_tcp4, tuple_reverse_k4, link_type_handled,
                             icmp_inverse_type, LT_ETHERNET)
 from fastct._flowkey cimport meta_hash, key_store, entry_hash, key_eq_orig, key_eq_reply, key_eq_tuple
 from fastct._table cimport (table_find, table_candidate, slot_insert, sweep_expired, sweep_all,
@@ -1025,7 +1025,10 @@ cdef class Engine:
                 m.sack = m.ack
                 FASTCT_PREFETCH_R(&t.slots[(m.hash >> 32) & t.mask])
                 continue
-            parse_frame(buf + off[i], cap[i], wire[i], if_lt[iface[i]], if_fcs[iface[i]], m)
+            if fast1:
+                parse_frame_general(buf + off[i], cap[i], wire[i], if_lt[iface[i]], if_fcs[iface[i]], m)
+            else:
+                parse_frame(buf + off[i], cap[i], wire[i], if_lt[iface[i]], if_fcs[iface[i]], m)
             if ts[i] >= t.now:
                 t.now = ts[i]
             else:

@@ -164,12 +164,36 @@ cdef inline bint parse_icmp6_redirect(const uint8_t *p, uint32_t l4, uint32_t ca
     parse_icmp_error(p + l4 + o + 8, cap - o - 8, L3_IPV6, m)
     return True
 
+cdef inline void tcp_syn_options(const uint8_t *th, uint32_t doff, uint32_t l4cap, pkt_meta *m) noexcept nogil:
+    """Options matter only on SYNs (window scale, SACK permitted): read those of the TCP header at
+    th, `doff` bytes long, as far as captured (`l4cap` bytes)."""
+    cdef uint32_t end = doff if doff < l4cap else l4cap
+    cdef uint32_t o = 20
+    cdef uint8_t kind, olen
+    while o < end:
+        kind = th[o]
+        if kind == 0:
+            break
+        if kind == 1:
+            o += 1
+            continue
+        if o + 1 >= end:
+            break
+        olen = th[o + 1]
+        if olen < 2 or o + olen > end:
+            break
+        if kind == 3 and olen == 3:
+            m.wscale = th[o + 2] if th[o + 2] <= 14 else 14
+        elif kind == 4 and olen == 2:
+            m.sackperm = 1
+        o += olen
+
 cdef inline void parse_l4(const uint8_t *p, uint32_t l4, uint32_t l4len, uint32_t l4cap,
                           uint8_t proto, uint8_t l3, pkt_meta *m) noexcept nogil:
     """Transport header at p[l4]: `l4len` bytes by the IP header, `l4cap` of them captured."""
-    cdef uint32_t doff, o, end, ulen
+    cdef uint32_t doff, ulen
     cdef uint16_t sport = 0, dport = 0
-    cdef uint8_t kind, olen, t
+    cdef uint8_t t
     m.proto = proto
     if proto == IP_PROTO_TCP:
         if l4len < 20 or l4cap < 20:
@@ -185,26 +209,7 @@ cdef inline void parse_l4(const uint8_t *p, uint32_t l4, uint32_t l4len, uint32_
         m.win = fastct_be16(p + l4 + 14)
         m.datalen = l4len - doff
         if m.tcpflags & TH_SYN:
-            # Options matter only on SYNs (window scale, SACK permitted); read what was captured.
-            end = doff if doff < l4cap else l4cap
-            o = 20
-            while o < end:
-                kind = p[l4 + o]
-                if kind == 0:
-                    break
-                if kind == 1:
-                    o += 1
-                    continue
-                if o + 1 >= end:
-                    break
-                olen = p[l4 + o + 1]
-                if olen < 2 or o + olen > end:
-                    break
-                if kind == 3 and olen == 3:
-                    m.wscale = p[l4 + o + 2] if p[l4 + o + 2] <= 14 else 14
-                elif kind == 4 and olen == 2:
-                    m.sackperm = 1
-                o += olen
+            tcp_syn_options(p + l4, doff, l4cap, m)
     elif proto == IP_PROTO_UDP or proto == IP_PROTO_UDPLITE:
         if l4len < 8 or l4cap < 8:
             _bad(m, R_L4_TRUNCATED); return
@@ -455,15 +460,15 @@ cdef inline void parse_nflog(const uint8_t *p, uint32_t cap, uint32_t wire, pkt_
 
 cdef inline bint parse_fast_tcp4(const uint8_t *p, uint32_t cap, uint32_t wire, pkt_meta *m) noexcept nogil:
     """The common case in one straight line: Ethernet, IPv4 without options or fragmentation, a
-    TCP segment without SYN (no options to read), headers captured.  Exactly what the general path
-    below makes of such a frame; False (nothing written that matters) for anything else."""
+    TCP segment, headers captured.  Exactly what the general path below makes of such a frame;
+    False (nothing written that matters) for anything else."""
     cdef uint32_t tot, doff, capend
     if cap < 54 or p[12] != 0x08 or p[13] != 0x00 or p[14] != 0x45 or p[23] != IP_PROTO_TCP:
         return False
     tot = fastct_be16(p + 16)
     doff = (p[46] >> 4) * 4
     if (fastct_be16(p + 20) & 0x3FFF) or tot < 40 or 14 + tot > wire or doff < 20 or \
-            doff > tot - 20 or (p[47] & TH_SYN):
+            doff > tot - 20:
         return False
     capend = 14 + tot if 14 + tot < cap else cap
     m.kind = PK_TRACK
@@ -491,15 +496,22 @@ cdef inline bint parse_fast_tcp4(const uint8_t *p, uint32_t cap, uint32_t wire, 
     m.tcpflags = p[47]
     m.win = fastct_be16(p + 48)
     m.datalen = tot - 20 - doff
+    if m.tcpflags & TH_SYN:
+        tcp_syn_options(p + 34, doff, capend - 34, m)
     return True
 
 cdef inline void parse_frame(const uint8_t *p, uint32_t cap, uint32_t wire, uint32_t linktype,
                              uint32_t fcslen, pkt_meta *m) noexcept nogil:
     """Fill `m` from one frame; `cap` bytes of it were captured, `wire` were on the wire."""
-    cdef uint32_t af
     if linktype == LT_ETHERNET and fcslen == 0 and \
             parse_fast_tcp4(p, cap, wire if wire > cap else cap, m):
         return
+    parse_frame_general(p, cap, wire, linktype, fcslen, m)
+
+cdef inline void parse_frame_general(const uint8_t *p, uint32_t cap, uint32_t wire, uint32_t linktype,
+                                     uint32_t fcslen, pkt_meta *m) noexcept nogil:
+    """parse_frame without trying the straight line first (for a caller that already did)."""
+    cdef uint32_t af
     m.kind = PK_TRACK
     m.reason = R_VALID
     m.vlan = 0
