@@ -359,10 +359,48 @@ cdef inline int tcp_established_ack(ct_table *t, ct_entry *e, pkt_meta *m) noexc
     refresh(t, e, m, timeout)
     return V_ACCEPT
 
+cdef inline int tcp_first_syn(ct_table *t, ct_entry *e, pkt_meta *m) noexcept nogil:
+    """A connection's first packet, a SYN (no ACK, FIN or RST), right after tcp_new set up its
+    sender side: what tcp_packet does with it (NONE -> SYN_SENT through tcp_in_window), in a
+    straight line.  V_ACCEPT, or -1 having changed nothing when the entry is not as tcp_new leaves
+    it.  tests/test_fastpath.py checks it against the general path."""
+    cdef uint32_t seq = m.seq, win = m.win
+    cdef uint32_t end = seq + m.datalen + 1          # (the SYN counts one)
+    cdef uint32_t ack = e.td_end[1]                  # no ACK: the receiver's end stands in
+    cdef uint32_t maxack_win = e.td_maxwin[0] if e.td_maxwin[0] > MAXACKWINCONST else MAXACKWINCONST
+    cdef int64_t timeout, t_syn
+    cdef const int64_t *to = m.to
+    if e.td_maxwin[0] == 0 or e.td_maxwin[1] != 0 or e.td_end[0] != end or \
+            not seq_before(seq, e.td_maxend[0] + 1) or not seq_after(ack, ack - maxack_win - 1):
+        return -1
+    # tcp_in_window: the sender's window (a SYN's is not scaled), the receiver's max end.
+    if e.td_maxwin[0] < win:
+        e.td_maxwin[0] = win
+    if seq_after(ack + win, e.td_maxend[1] - 1):
+        e.td_maxend[1] = ack + win + (1 if win == 0 else 0)
+    e.td_flags[1] &= ~TF_DATA_UNACK
+    set_last(e, TI_SYN, 0)
+    e.state = TCP_SYN_SENT
+    # tcp_packet's timeout choice, for SYN_SENT.
+    t_syn = to[TO_TCP_SYN_SENT]
+    if e.retrans >= t.tcp_max_retrans and t_syn > to[TO_TCP_MAX_RETRANS]:
+        timeout = to[TO_TCP_MAX_RETRANS]
+    elif ((e.td_flags[0] | e.td_flags[1]) & TF_DATA_UNACK) and t_syn > to[TO_TCP_UNACK]:
+        timeout = to[TO_TCP_UNACK]
+    elif e.last_win == 0 and t_syn > to[TO_TCP_MAX_RETRANS]:
+        timeout = to[TO_TCP_MAX_RETRANS]
+    else:
+        timeout = t_syn
+    refresh(t, e, m, timeout)
+    return V_ACCEPT
+
 cdef inline int tcp_packet(ct_table *t, ct_entry *e, ct_cold *c, pkt_meta *m) noexcept nogil:
     """One packet of a TCP connection (the first included); kernel nf_conntrack_tcp_packet."""
     if (m.tcpflags & 0x17) == 0x10 and e.state == TCP_ESTABLISHED and t.tcp_fast and \
             tcp_established_ack(t, e, m) == V_ACCEPT:
+        return V_ACCEPT
+    if (m.tcpflags & 0x17) == 0x02 and e.state == TCP_NONE and m.dir == DIR_ORIGINAL and t.tcp_fast and \
+            tcp_first_syn(t, e, m) == V_ACCEPT:
         return V_ACCEPT
     cdef uint8_t d = m.dir
     cdef uint8_t index, old_state, new_state, ld
