@@ -1022,7 +1022,6 @@ cdef class Engine:
                 # (tuple_reverse_k4 for TCP: the ports swapped)
                 m.rk4 = (k4 & <uint64_t>0xFFFFFFFF00000000) | ((k4 & 0xFFFF) << 16) | ((k4 >> 16) & 0xFFFF)
                 m.hash = key_hash(m.k[0], 0, m.k[2], 0, k4, m.rk4, t.seed)
-                m.sack = m.ack
                 FASTCT_PREFETCH_R(&t.slots[(m.hash >> 32) & t.mask])
                 continue
             if fast1:
@@ -1082,7 +1081,6 @@ cdef class Engine:
                     m.k[0], m.k[1], m.k[2], m.k[3] = m.k[2], m.k[3], m.k[0], m.k[1]
                     m.k[4], m.rk4 = m.rk4, m.k[4]
                 m.hash = key_hash(m.k[0], m.k[1], m.k[2], m.k[3], m.k[4], m.rk4, t.seed)
-                m.sack = m.ack
                 FASTCT_PREFETCH_R(&t.slots[(m.hash >> 32) & t.mask])
         # Stage 2: read the (prefetched) index slots and prefetch the entry each one points to, both
         # lines, and its cold record for TCP.  Keys are compared in stage 3, once they have arrived.

@@ -5,7 +5,7 @@ Every read is preceded by a check against the captured length `cap`; lengths tak
 are checked against the frame's wire length (what the kernel would have received), so nothing here
 reads past the captured bytes whatever the input.  Inline, so it compiles into the engine's loop.
 """
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t
 from fastct._types cimport *
 
 # Link types (LINKTYPE_* values as stored in pcap/pcapng files).
@@ -188,6 +188,37 @@ cdef inline void tcp_syn_options(const uint8_t *th, uint32_t doff, uint32_t l4ca
             m.sackperm = 1
         o += olen
 
+cdef inline void tcp_sack_blocks(const uint8_t *th, uint32_t doff, uint32_t l4cap, pkt_meta *m) noexcept nogil:
+    """Kernel tcp_sack: the highest right edge in the first well-formed SACK option of the TCP
+    header at th (`doff` bytes, `l4cap` captured), if it is above m.sack (which starts as the ack).
+    Whether it counts (the receiver SACK-permitted) is tcp_in_window's to say."""
+    cdef uint32_t end = doff if doff < l4cap else l4cap
+    cdef uint32_t o = 20, i, edge
+    cdef uint8_t kind, olen
+    if doff == 32 and end == 32 and fastct_be32(th + 20) == 0x0101080A:
+        return          # the usual NOP, NOP, timestamps: no SACK (the kernel's shortcut too)
+    while o < end:
+        kind = th[o]
+        if kind == 0:
+            return
+        if kind == 1:
+            o += 1
+            continue
+        if o + 1 >= end:
+            return
+        olen = th[o + 1]
+        if olen < 2 or o + olen > end:
+            return
+        if kind == 5 and olen >= 10 and (olen - 2) % 8 == 0:
+            i = o + 2
+            while i < o + olen:
+                edge = fastct_be32(th + i + 4)
+                if <int32_t>(m.sack - edge) < 0:
+                    m.sack = edge
+                i += 8
+            return
+        o += olen
+
 cdef inline void parse_l4(const uint8_t *p, uint32_t l4, uint32_t l4len, uint32_t l4cap,
                           uint8_t proto, uint8_t l3, pkt_meta *m) noexcept nogil:
     """Transport header at p[l4]: `l4len` bytes by the IP header, `l4cap` of them captured."""
@@ -205,11 +236,14 @@ cdef inline void parse_l4(const uint8_t *p, uint32_t l4, uint32_t l4len, uint32_
         dport = fastct_be16(p + l4 + 2)
         m.seq = fastct_be32(p + l4 + 4)
         m.ack = fastct_be32(p + l4 + 8)
+        m.sack = m.ack
         m.tcpflags = p[l4 + 13]
         m.win = fastct_be16(p + l4 + 14)
         m.datalen = l4len - doff
-        if m.tcpflags & TH_SYN:
-            tcp_syn_options(p + l4, doff, l4cap, m)
+        if doff > 20:
+            if m.tcpflags & TH_SYN:
+                tcp_syn_options(p + l4, doff, l4cap, m)
+            tcp_sack_blocks(p + l4, doff, l4cap, m)
     elif proto == IP_PROTO_UDP or proto == IP_PROTO_UDPLITE:
         if l4len < 8 or l4cap < 8:
             _bad(m, R_L4_TRUNCATED); return
@@ -493,11 +527,14 @@ cdef inline bint parse_fast_tcp4(const uint8_t *p, uint32_t cap, uint32_t wire, 
         (<uint64_t>IP_PROTO_TCP << 56) | (<uint64_t>L3_IPV4 << 48)
     m.seq = fastct_be32(p + 38)
     m.ack = fastct_be32(p + 42)
+    m.sack = m.ack
     m.tcpflags = p[47]
     m.win = fastct_be16(p + 48)
     m.datalen = tot - 20 - doff
-    if m.tcpflags & TH_SYN:
-        tcp_syn_options(p + 34, doff, capend - 34, m)
+    if doff > 20:
+        if m.tcpflags & TH_SYN:
+            tcp_syn_options(p + 34, doff, capend - 34, m)
+        tcp_sack_blocks(p + 34, doff, capend - 34, m)
     return True
 
 cdef inline void parse_frame(const uint8_t *p, uint32_t cap, uint32_t wire, uint32_t linktype,

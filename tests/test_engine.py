@@ -1144,3 +1144,27 @@ def test_counters_carry_past_32_bits():
     line = format_table(t.entries(), t.replies(), t.cold(), t.now)[0]
     assert f"packets={want_p[0]} bytes={want_b[0]} " in line
     assert f"packets={want_p[1]} bytes={want_b[1]} " in line
+
+
+def test_sack_blocks_count_as_acknowledged_when_sack_permitted():
+    # Kernel tcp_sack: with the receiver SACK-permitted, the highest SACK right edge is the highest
+    # byte acknowledged, so it must not pass what the receiver sent (the server, up to 301 here).
+    sackperm, nop2 = b"\x04\x02\x01\x01", b"\x01\x01"
+
+    def sack(left, right):
+        return nop2 + b"\x05\x0a" + struct.pack("!II", left, right)
+
+    t = Tracker(seed=1)
+    handshake(t, copts=sackperm, sopts=sackperm)
+    assert run(t, [s2c(PSH | ACK, 201, 101, data=b"d" * 100)], [1.0]) == [T_RPL]
+    assert run(t, [c2s(ACK, 101, 201, opts=sack(251, 301))], [1.1]) == [T_EST]
+    assert run(t, [c2s(ACK, 101, 201, opts=sack(301, 401))], [1.2]) == [T_INV]
+    assert t.stats()["reasons"] == {"TCP ACK is over the upper bound": 1}
+    # A second block beyond, in the same option, counts as well (the highest edge of all).
+    assert run(t, [c2s(ACK, 101, 201, opts=nop2 + b"\x05\x12" + struct.pack("!IIII", 251, 301, 351, 401))],
+               [1.3]) == [T_INV]
+    # Without SACK-permitted on the receiver's side, the blocks are not looked at.
+    t2 = Tracker(seed=1)
+    handshake(t2, copts=sackperm)
+    assert run(t2, [s2c(PSH | ACK, 201, 101, data=b"d" * 100)], [1.0]) == [T_RPL]
+    assert run(t2, [c2s(ACK, 101, 201, opts=sack(301, 401))], [1.2]) == [T_EST]

@@ -569,6 +569,40 @@ def test_tcp_invalid(lab, tmp_path):
     assert [e["state"] for e in kernel_entries(run)] == ["ESTABLISHED"], run.kernel_text
 
 
+def sack_opts(*blocks):
+    """NOP, NOP, then a SACK option with these (left, right) blocks."""
+    return b"\x01\x01\x05" + bytes([2 + 8 * len(blocks)]) + b"".join(
+        struct.pack("!II", left, right) for left, right in blocks)
+
+
+def test_tcp_sack_blocks(lab, tmp_path):
+    """Both ends SACK-permitted: an ACK's SACK blocks count as the highest acknowledged byte
+    (kernel tcp_sack).  A block up to the server's data is fine and moves the server's window end
+    (the server may then send that much further); a block beyond what the server sent is "ACK is
+    over upper bound" (invalid), though its ACK field alone would pass; a malformed SACK option and
+    the timestamp-only layout are ignored."""
+    quiet_tcp(lab, 5013, 40013)
+    steps = []
+
+    def traffic(cap):
+        f = Crafted(lab, cap, 40013, 5013, steps=steps)
+        handshake(f)                                                   # wscale 7 both ways
+        f.s2c(PSH | ACK, 5001, 1001, win=509, data=b"b" * 300)         # server sent up to 5301
+        f.c2s(ACK, 1001, 5001, win=1, opts=sack_opts((5101, 5301)))    # SACK to its end: est
+        f.c2s(ACK, 1001, 5001, win=1, opts=sack_opts((5301, 5401)))    # beyond it: inv
+        f.c2s(ACK, 1001, 5001, win=1, opts=b"\x01\x01\x05\x06" + struct.pack("!I", 9999))  # bad size
+        f.c2s(ACK, 1001, 5001, win=1, opts=b"\x01\x01\x08\x0a" + b"\x00" * 8)    # timestamps only
+        # The SACK moved the server's allowed end to 5301 + (1 << 7): a segment reaching past the
+        # client's plain ACK + window, but inside that, is in window.
+        f.s2c(PSH | ACK, 5301, 1001, win=509, data=b"c" * 100)         # est
+
+    run = observe(lab, tmp_path, traffic)
+    assert_kernel_verdicts(run, run.flow(40013), ["new", "est,rpl", "est", "est,rpl", "est", "inv",
+                                                  "est", "est", "est,rpl"])
+    assert_same(run)
+    assert_same_steps(run, steps)
+
+
 def test_tcp_midstream_pickup(lab, tmp_path):
     """Crafted: a connection first seen in the middle (no SYN): the kernel picks it up (tcp_loose)."""
     quiet_tcp(lab, 5007, 40009)

@@ -12,6 +12,7 @@ and the same final table.
 """
 from __future__ import annotations
 
+import heapq
 import ipaddress
 import re
 import re
@@ -143,9 +144,32 @@ class Model:
         self.now = -(1 << 62)
         self.inserts = 0
         self.drops = 0
+        # The live count kept up to date as time passes (a scan per new connection of a full table
+        # made the 200k-flow runs quadratic): a heap of when each connection may end, each record
+        # (expires, n, kind 0 conns / 1 tcp, key) stale once that connection's expiry moved on.
+        self._heap: list = []
+        self._n = 0
+        self._live = 0
+        self._at = -(1 << 62)      # the time _live counts at
+
+    def _expiry(self, kind: int, key, expires: int):
+        self._n += 1
+        heapq.heappush(self._heap, (expires, self._n, kind, key))
+
+    def _advance(self, now: int):
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            exp, _, kind, key = heapq.heappop(heap)
+            cur = self.conns[key].expires if kind == 0 else self.tcp.get(key)
+            if cur == exp and exp > self._at:
+                self._live -= 1
+        self._at = max(self._at, now)
 
     def live(self, now=None) -> int:
         now = self.now if now is None else now
+        if now >= self._at:
+            self._advance(now)
+            return self._live
         return (sum(1 for c in self.conns.values() if c.expires > now)
                 + sum(1 for e in self.tcp.values() if e > now))
 
@@ -165,9 +189,11 @@ class Model:
         """Expected (ct_state, direction) for a non-TCP packet; updates the model."""
         self.now = max(self.now, p.ts)
         now = self.now
+        self._advance(now)
         key, tup = self.key(p)
         c = self.conns.get(key)
         if c is not None and c.expires > now:
+            before = c.expires
             d = 0 if tup == c.orig else 1
             if p.proto == 17:
                 if c.seen_reply and (c.assured or now > c.start + 2 * SEC):
@@ -188,6 +214,8 @@ class Model:
                     c.expires = now + TIMEOUT[47]
             else:
                 c.expires = now + TIMEOUT.get(p.proto, GENERIC)
+            if c.expires != before:
+                self._expiry(0, key, c.expires)
             c.packets[d] += 1
             if d:
                 c.seen_reply = True
@@ -203,13 +231,21 @@ class Model:
             return T_INV, 0
         ttl = TIMEOUT.get(p.proto, GENERIC) if p.proto != 17 else TIMEOUT[17]
         self.conns[key] = Conn(orig=tup, start=now, expires=now + ttl, packets=[1, 0])
+        self._expiry(0, key, now + ttl)
+        self._live += 1
         self.inserts += 1
         return T_NEW, 0
 
     def learn_tcp(self, t: Tracker, p: Pkt):
         self.now = max(self.now, p.ts)
+        self._advance(self.now)
         rec = t.lookup(addr_str(p.src), addr_str(p.dst), "tcp", p.sport, p.dport)
-        self.tcp[tcp_key(p)] = -(1 << 62) if rec is None else rec["expires"]
+        key = tcp_key(p)
+        old, new = self.tcp.get(key), -(1 << 62) if rec is None else rec["expires"]
+        self.tcp[key] = new
+        self._live += (new > self.now) - (old is not None and old > self.now)
+        if new != old and new > self.now:
+            self._expiry(1, key, new)
 
     def check_entries(self, t: Tracker):
         """Every live non-TCP connection of the model is in the table, as the model has it."""
