@@ -1096,6 +1096,8 @@ cdef class Engine:
                     FASTCT_PREFETCH_W(<char *>&t.e[cand] + 64)
                     if t.nat_live:
                         FASTCT_PREFETCH_R(&t.nat[cand])     # (a packet of a NAT'd connection needs it)
+                    if walk:
+                        FASTCT_PREFETCH_W(&t.cold[cand])    # (the chains read and set the ct mark)
                 elif t.n >= t.cap:
                     # A new connection into a full table: early drop reads the entries indexed
                     # from its home slot on (a flood's cost is these misses).
