@@ -993,6 +993,7 @@ cdef class Engine:
         cdef bint walk = t.rs_on and (rs_has(t, HP_PRE) or rs_has(t, HP_LATE))
         cdef nat_choice nat
         cdef uint32_t low
+        cdef uint64_t home
         cdef int dres
         # Stage 1: parse, key, hash.  Headers are prefetched HDR_PREFETCH packets ahead.
         # The common packet (Ethernet, IPv4, TCP without SYN) when nothing in this batch needs more
@@ -1083,11 +1084,16 @@ cdef class Engine:
                 m.hash = key_hash(m.k[0], m.k[1], m.k[2], m.k[3], m.k[4], m.rk4, t.seed)
                 FASTCT_PREFETCH_R(&t.slots[(m.hash >> 32) & t.mask])
         # Stage 2: read the (prefetched) index slots and prefetch the entry each one points to, both
-        # lines, and its cold record for TCP.  Keys are compared in stage 3, once they have arrived.
+        # lines (and the cold record when per-packet chains will read the ct mark).  Keys are
+        # compared in stage 3, once they have arrived.
         for i in range(cnt):
             m = &self._meta[i]
             if m.kind == PK_TRACK:
-                low = table_candidate(t, m.hash)
+                home = t.slots[(m.hash >> 32) & t.mask]
+                if (home >> 32) == (m.hash >> 32) and not (home & SLOT_BYSRC):
+                    low = <uint32_t>home        # (the usual case: what table_candidate finds first)
+                else:
+                    low = table_candidate(t, m.hash)
                 cand = <int32_t>(low & SLOT_ENTRY) - 1
                 m.idx = cand
                 m.cand_reply = (low & SLOT_REPLY) != 0

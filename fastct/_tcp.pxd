@@ -254,8 +254,7 @@ cdef inline int tcp_in_window(ct_table *t, ct_entry *e, ct_cold *c, pkt_meta *m,
     if index == TI_ACK:
         if last_dir(e) == d and e.last_seq == seq and e.last_ack == ack and e.last_end == end and \
                 e.last_win == win_raw:
-            if e.retrans < 255:
-                e.retrans += 1
+            e.retrans += 1       # (a u8 in the kernel too: the 256th repeat wraps it to 0)
         else:
             set_last(e, last_index(e), d)
             e.last_seq = seq
@@ -290,7 +289,7 @@ cdef inline int tcp_established_ack(ct_table *t, ct_entry *e, pkt_meta *m) noexc
     connection whose sender side is known, inside both windows.  What tcp_packet and tcp_in_window
     do with it, in one straight line (no flag classes, no table, no state cases).  Returns V_ACCEPT
     when it handled the packet; -1, having changed nothing, for anything else (the general path
-    then decides, from scratch).  tests/test_tcp_fastpath.py checks the two agree."""
+    then decides, from scratch).  tests/test_fastpath.py checks the two agree."""
     cdef uint8_t d = m.dir
     cdef uint8_t r = d ^ 1
     cdef uint32_t seq = m.seq, ack = m.ack, sack, end, win, swin, maxack_win
@@ -335,7 +334,7 @@ cdef inline int tcp_established_ack(ct_table *t, ct_entry *e, pkt_meta *m) noexc
     # retransmission stores what is already there.
     same = (last_dir(e) == d) & (e.last_seq == seq) & (e.last_ack == ack) & (e.last_end == end) & \
         (e.last_win == <uint16_t>m.win)
-    e.retrans = <uint8_t>((e.retrans + (e.retrans < 255)) * same)
+    e.retrans = <uint8_t>((e.retrans + 1) * same)   # (wraps as the kernel's u8 does)
     e.last_seq = seq
     e.last_ack = ack
     e.last_end = end

@@ -1168,3 +1168,17 @@ def test_sack_blocks_count_as_acknowledged_when_sack_permitted():
     handshake(t2, copts=sackperm)
     assert run(t2, [s2c(PSH | ACK, 201, 101, data=b"d" * 100)], [1.0]) == [T_RPL]
     assert run(t2, [c2s(ACK, 101, 201, opts=sack(301, 401))], [1.2]) == [T_EST]
+
+
+def test_retransmission_count_wraps_as_the_kernels_u8():
+    # Kernel ct->proto.tcp.retrans is a u8 incremented without a cap: the 256th repeat of the same
+    # ACK wraps it to 0, and the timeout goes back from 300 s (retrans >= 3) to ESTABLISHED's.
+    t = Tracker(seed=1)
+    handshake(t)
+    dup = c2s(ACK, 101, 201, win=1000)          # (another window than the handshake's ACK)
+    run(t, [dup] * 4, [1.0 + i * 0.001 for i in range(4)])
+    assert tcp_rec(t)["retrans"] == 3 and tcp_rec(t)["timeout"] == 300
+    run(t, [dup] * 252, [2.0 + i * 0.001 for i in range(252)])
+    assert tcp_rec(t)["retrans"] == 255 and tcp_rec(t)["timeout"] == 300
+    run(t, [dup], [3.0])
+    assert tcp_rec(t)["retrans"] == 0 and tcp_rec(t)["timeout"] == 432000
