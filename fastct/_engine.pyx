@@ -184,6 +184,17 @@ cdef inline int32_t _make_room(ct_table *t, const pkt_meta *m) noexcept nogil:
         return early_drop(t, m.hash, m.now)
     return reclaim_dead(t, m.now, 64, -1)
 
+cdef inline void _stamp(ct_table *t, int64_t ts, pkt_meta *m) noexcept nogil:
+    """A packet's time: its timestamp, but never older than the newest seen before it (such a
+    packet is counted).  No entry found, no direction yet."""
+    if ts >= t.now:
+        t.now = ts
+    else:
+        t.stats[ST_TIME_BACKWARDS] += 1
+    m.now = t.now
+    m.idx = -1
+    m.dir = 0
+
 cdef inline bint _has_reply_tuple(const pkt_meta *m) noexcept nogil:
     """False for ICMP types without a reply type: the kernel cannot invert their tuple, so it never
     allocates a connection for them (and never makes room)."""
@@ -1009,13 +1020,7 @@ cdef class Engine:
             m = &self._meta[i]
             if fast1 and if_lt[iface[i]] == LT_ETHERNET and if_fcs[iface[i]] == 0 and \
                     parse_fast_tcp4(buf + off[i], cap[i], wire[i] if wire[i] > cap[i] else cap[i], m):
-                if ts[i] >= t.now:
-                    t.now = ts[i]
-                else:
-                    t.stats[ST_TIME_BACKWARDS] += 1
-                m.now = t.now
-                m.idx = -1
-                m.dir = 0
+                _stamp(t, ts[i], m)
                 k4 = m.k[4] | zone_bits
                 m.k[4] = k4
                 m.meta_mark = 0
@@ -1029,13 +1034,7 @@ cdef class Engine:
                 parse_frame_general(buf + off[i], cap[i], wire[i], if_lt[iface[i]], if_fcs[iface[i]], m)
             else:
                 parse_frame(buf + off[i], cap[i], wire[i], if_lt[iface[i]], if_fcs[iface[i]], m)
-            if ts[i] >= t.now:
-                t.now = ts[i]
-            else:
-                t.stats[ST_TIME_BACKWARDS] += 1
-            m.now = t.now
-            m.idx = -1
-            m.dir = 0
+            _stamp(t, ts[i], m)
             if m.kind == PK_FRAG:
                 if t.checksum and not ipv4_header_ok(m):
                     m.kind = PK_INVALID          # (ip_rcv drops it before defragmentation)

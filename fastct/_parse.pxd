@@ -164,39 +164,18 @@ cdef inline bint parse_icmp6_redirect(const uint8_t *p, uint32_t l4, uint32_t ca
     parse_icmp_error(p + l4 + o + 8, cap - o - 8, L3_IPV6, m)
     return True
 
-cdef inline void tcp_syn_options(const uint8_t *th, uint32_t doff, uint32_t l4cap, pkt_meta *m) noexcept nogil:
-    """Options matter only on SYNs (window scale, SACK permitted): read those of the TCP header at
-    th, `doff` bytes long, as far as captured (`l4cap` bytes)."""
-    cdef uint32_t end = doff if doff < l4cap else l4cap
-    cdef uint32_t o = 20
-    cdef uint8_t kind, olen
-    while o < end:
-        kind = th[o]
-        if kind == 0:
-            break
-        if kind == 1:
-            o += 1
-            continue
-        if o + 1 >= end:
-            break
-        olen = th[o + 1]
-        if olen < 2 or o + olen > end:
-            break
-        if kind == 3 and olen == 3:
-            m.wscale = th[o + 2] if th[o + 2] <= 14 else 14
-        elif kind == 4 and olen == 2:
-            m.sackperm = 1
-        o += olen
-
-cdef inline void tcp_sack_blocks(const uint8_t *th, uint32_t doff, uint32_t l4cap, pkt_meta *m) noexcept nogil:
-    """Kernel tcp_sack: the highest right edge in the first well-formed SACK option of the TCP
-    header at th (`doff` bytes, `l4cap` captured), if it is above m.sack (which starts as the ack).
-    Whether it counts (the receiver SACK-permitted) is tcp_in_window's to say."""
+cdef inline void tcp_options(const uint8_t *th, uint32_t doff, uint32_t l4cap, pkt_meta *m) noexcept nogil:
+    """The TCP options fastct reads, in one walk over the header at th (`doff` bytes, `l4cap` of them
+    captured; never past either): on a SYN, window scale and SACK-permitted (kernel tcp_options); on
+    any segment, the highest right edge of the first well-formed SACK option, when above m.sack (which
+    starts as the ack; kernel tcp_sack; whether it counts is tcp_in_window's to say).  Both kernel
+    walks stop alike (EOL, an option too short or running past the end), so one walk serves both."""
     cdef uint32_t end = doff if doff < l4cap else l4cap
     cdef uint32_t o = 20, i, edge
     cdef uint8_t kind, olen
-    if doff == 32 and end == 32 and fastct_be32(th + 20) == 0x0101080A:
-        return          # the usual NOP, NOP, timestamps: no SACK (the kernel's shortcut too)
+    cdef bint syn = (m.tcpflags & TH_SYN) != 0, sack_seen = False
+    if not syn and doff == 32 and end == 32 and fastct_be32(th + 20) == 0x0101080A:
+        return          # the usual NOP, NOP, timestamps: nothing to read (the kernel's shortcut too)
     while o < end:
         kind = th[o]
         if kind == 0:
@@ -209,14 +188,20 @@ cdef inline void tcp_sack_blocks(const uint8_t *th, uint32_t doff, uint32_t l4ca
         olen = th[o + 1]
         if olen < 2 or o + olen > end:
             return
-        if kind == 5 and olen >= 10 and (olen - 2) % 8 == 0:
+        if syn and kind == 3 and olen == 3:
+            m.wscale = th[o + 2] if th[o + 2] <= 14 else 14
+        elif syn and kind == 4 and olen == 2:
+            m.sackperm = 1
+        elif kind == 5 and not sack_seen and olen >= 10 and (olen - 2) % 8 == 0:
+            sack_seen = True
             i = o + 2
             while i < o + olen:
                 edge = fastct_be32(th + i + 4)
                 if <int32_t>(m.sack - edge) < 0:
                     m.sack = edge
                 i += 8
-            return
+            if not syn:
+                return
         o += olen
 
 cdef inline void parse_l4(const uint8_t *p, uint32_t l4, uint32_t l4len, uint32_t l4cap,
@@ -241,9 +226,7 @@ cdef inline void parse_l4(const uint8_t *p, uint32_t l4, uint32_t l4len, uint32_
         m.win = fastct_be16(p + l4 + 14)
         m.datalen = l4len - doff
         if doff > 20:
-            if m.tcpflags & TH_SYN:
-                tcp_syn_options(p + l4, doff, l4cap, m)
-            tcp_sack_blocks(p + l4, doff, l4cap, m)
+            tcp_options(p + l4, doff, l4cap, m)
     elif proto == IP_PROTO_UDP or proto == IP_PROTO_UDPLITE:
         if l4len < 8 or l4cap < 8:
             _bad(m, R_L4_TRUNCATED); return
@@ -532,9 +515,7 @@ cdef inline bint parse_fast_tcp4(const uint8_t *p, uint32_t cap, uint32_t wire, 
     m.win = fastct_be16(p + 48)
     m.datalen = tot - 20 - doff
     if doff > 20:
-        if m.tcpflags & TH_SYN:
-            tcp_syn_options(p + 34, doff, capend - 34, m)
-        tcp_sack_blocks(p + 34, doff, capend - 34, m)
+        tcp_options(p + 34, doff, capend - 34, m)
     return True
 
 cdef inline void parse_frame(const uint8_t *p, uint32_t cap, uint32_t wire, uint32_t linktype,
