@@ -307,6 +307,24 @@ cdef inline bint _target_range(const ct_table *t, const nat_target *r, uint8_t l
     memcpy(rg.amax, r.to_max, 16)
     return True
 
+cdef inline int _nat_hook(ct_table *t, uint8_t hp, int manip, rs_ctx *c, uint8_t l3, int32_t oif,
+                          uint64_t *k, int32_t exclude, bint *unique, nat_choice *out) noexcept nogil:
+    """Run the nat chains of hook point hp (HP_DNAT or HP_SNAT) and apply the target they chose to
+    tuple k (manip: which end).  1 translated, 0 no NAT statement, -1 dropped (out.reason says
+    why: a drop verdict, or a target with no address of the family)."""
+    cdef nat_range rg
+    cdef uint8_t v = rs_hook(t, hp, c)
+    if v == RV_DROP:
+        out.reason = R_RULESET_DROP
+        return -1
+    if v != RV_NAT:
+        return 0
+    if not _target_range(t, &t.targets[c.nat], l3, c.iif, oif, &rg):
+        out.reason = R_NAT_NO_ADDR
+        return -1
+    unique[0] = unique_tuple(t, k, manip, &rg, exclude)
+    return 1
+
 cdef inline void nat_setup(ct_table *t, const uint64_t *orig, rs_ctx *c, int32_t out_if,
                            int32_t exclude, nat_choice *out) noexcept nogil:
     """A new connection whose original tuple is `orig` walks the ruleset in the kernel's order:
@@ -321,7 +339,7 @@ cdef inline void nat_setup(ct_table *t, const uint64_t *orig, rs_ctx *c, int32_t
     cdef nat_range rg
     cdef bint unique = True
     cdef bint snat = False
-    cdef uint8_t v
+    cdef int v
     cdef uint8_t l3 = <uint8_t>(orig[4] >> 48)
     memcpy(k, orig, 40)
     out.reason = R_VALID
@@ -331,15 +349,9 @@ cdef inline void nat_setup(ct_table *t, const uint64_t *orig, rs_ctx *c, int32_t
     if rs_hook(t, HP_PRE, c) == RV_DROP:
         out.reason = R_RULESET_DROP
         return
-    v = rs_hook(t, HP_DNAT, c)
-    if v == RV_DROP:
-        out.reason = R_RULESET_DROP
+    v = _nat_hook(t, HP_DNAT, MANIP_DST, c, l3, -1, k, exclude, &unique, out)
+    if v < 0:
         return
-    if v == RV_NAT:
-        if not _target_range(t, &t.targets[c.nat], l3, c.iif, -1, &rg):
-            out.reason = R_NAT_NO_ADDR
-            return
-        unique = unique_tuple(t, k, MANIP_DST, &rg, exclude)
     if not tuple_eq(k, orig):
         out.status |= IPS_DST_NAT
     memcpy(after_dst, k, 40)
@@ -351,16 +363,10 @@ cdef inline void nat_setup(ct_table *t, const uint64_t *orig, rs_ctx *c, int32_t
     if c.oif < 0 and t.route_drop:
         out.reason = R_NO_ROUTE             # the gateway has no route for it: never forwarded
         return
-    v = rs_hook(t, HP_SNAT, c)
-    if v == RV_DROP:
-        out.reason = R_RULESET_DROP
+    v = _nat_hook(t, HP_SNAT, MANIP_SRC, c, l3, c.oif, k, exclude, &unique, out)
+    if v < 0:
         return
-    if v == RV_NAT:
-        if not _target_range(t, &t.targets[c.nat], l3, c.iif, c.oif, &rg):
-            out.reason = R_NAT_NO_ADDR
-            return
-        unique = unique_tuple(t, k, MANIP_SRC, &rg, exclude)
-        snat = True
+    snat = v > 0
     if t.nat_on and not snat and (not unique or tuple_taken(t, k, exclude)):
         # Null binding: the source kept (its address is the whole range), its port moved only if
         # the tuple clashes.
