@@ -296,7 +296,7 @@ cdef inline int tcp_established_ack(ct_table *t, ct_entry *e, pkt_meta *m) noexc
     cdef uint32_t end_r = e.td_end[r], maxwin_r = e.td_maxwin[r], maxend_d = e.td_maxend[d]
     cdef uint8_t fd
     cdef int same
-    cdef int64_t timeout, t_est
+    cdef int64_t timeout, t_est, t_ret, t_una
     cdef const int64_t *to = m.to
     if e.td_maxwin[d] == 0:
         return -1
@@ -342,14 +342,14 @@ cdef inline int tcp_established_ack(ct_table *t, ct_entry *e, pkt_meta *m) noexc
     set_last(e, TI_ACK, d)
     # tcp_packet's timeout choice for ESTABLISHED (last_win is this packet's window now).
     t_est = to[TO_TCP_ESTABLISHED]
-    if e.retrans >= t.tcp_max_retrans and t_est > to[TO_TCP_MAX_RETRANS]:
-        timeout = to[TO_TCP_MAX_RETRANS]
-    elif ((e.td_flags[0] | e.td_flags[1]) & TF_DATA_UNACK) and t_est > to[TO_TCP_UNACK]:
-        timeout = to[TO_TCP_UNACK]
-    elif <uint16_t>m.win == 0 and t_est > to[TO_TCP_MAX_RETRANS]:
-        timeout = to[TO_TCP_MAX_RETRANS]
-    else:
-        timeout = t_est
+    t_ret = to[TO_TCP_MAX_RETRANS]
+    t_una = to[TO_TCP_UNACK]
+    # The kernel's order of precedence (retransmissions, unacknowledged data, zero window), applied
+    # last to first as selects, not branches: whether a packet repeats the last one is a coin toss
+    # to the predictor.
+    timeout = t_ret if (<uint16_t>m.win == 0) & (t_est > t_ret) else t_est
+    timeout = t_una if (((e.td_flags[0] | e.td_flags[1]) & TF_DATA_UNACK) != 0) & (t_est > t_una) else timeout
+    timeout = t_ret if (e.retrans >= t.tcp_max_retrans) & (t_est > t_ret) else timeout
     if not (e.status & IPS_SEEN_REPLY):
         if timeout > to[TO_TCP_UNACK]:
             timeout = to[TO_TCP_UNACK]
