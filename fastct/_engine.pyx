@@ -16,7 +16,7 @@ from fastct._types cimport *
 from fastct._parse cimport (parse_frame, parse_frame_general, parse_fast_tcp4, tuple_reverse_k4, link_type_handled,
                             icmp_inverse_type, LT_ETHERNET)
 from fastct._flowkey cimport meta_hash, key_store, entry_hash, key_eq_orig, key_eq_reply, key_eq_tuple
-from fastct._table cimport (table_find, table_candidate, slot_insert, sweep_expired, sweep_all,
+from fastct._table cimport (table_find, table_fresh, table_candidate, slot_insert, sweep_expired, sweep_all,
                             reclaim_dead, early_drop, entry_forget, entry_unindex, migrate_step,
                             zone_count_add, prefetch_eviction, slot_delete, slot_of, slot_entry,
                             nat_release, SLOT_REPLY, SLOT_BYSRC, SLOT_ENTRY, bysrc_hash)
@@ -1108,6 +1108,7 @@ cdef class Engine:
                     # from its home slot on (a flood's cost is these misses).
                     prefetch_eviction(t, m.hash)
         # Stage 3: protocol state and outputs, in packet order.
+        memset(t.fresh, 0, sizeof(t.fresh))     # (stage 2 has just read the index)
         t.stats[ST_PACKETS] += cnt
         # An established TCP ACK of a connection without NAT, found where stage 2 said, when nothing
         # in this batch looks at packets (no per-packet chains, no zone timeout policies): what the
@@ -1179,6 +1180,10 @@ cdef class Engine:
                     m.dir = <uint8_t>dres
                 else:
                     idx = table_find(t, m)
+            elif idx < 0 and not table_fresh(t, m.hash):
+                # Stage 2 met no slot with its tag, and no slot was indexed at its hash since: a
+                # new connection (the case of every SYN of a storm), no second probe needed.
+                idx = -1
             else:
                 idx = table_find(t, m)
             m.to = t.timeouts

@@ -112,10 +112,17 @@ cdef inline int _place(uint64_t *slots, uint64_t mask, uint64_t s, uint32_t boun
     slots[i] = s
     return <int>d
 
+cdef inline bint table_fresh(const ct_table *t, uint64_t hash) noexcept nogil:
+    """Whether a slot at `hash` may have been indexed since t.fresh was last cleared (false
+    positives possible, no false negatives): slots are only ever added by slot_insert, and moving
+    or removing slots never makes an absent tuple findable."""
+    return (t.fresh[(hash >> 6) & 7] >> (hash & 63)) & 1
+
 cdef inline int slot_insert(ct_table *t, uint64_t hash, uint32_t idx, uint32_t kind=0) noexcept nogil:
     """Index entry idx at `hash` (kind: 0, or SLOT_REPLY for a NAT reply tuple); -1 when the chain
     from its home is already max_probe long."""
     cdef int d = _place(t.slots, t.mask, ((hash >> 32) << 32) | (<uint64_t>idx + 1) | kind, t.max_probe)
+    t.fresh[(hash >> 6) & 7] |= <uint64_t>1 << (hash & 63)
     if d > <int>t.stats[ST_PROBE_MAX]:
         t.stats[ST_PROBE_MAX] = d
     return d if d < 0 else 0

@@ -378,4 +378,7 @@ cdef struct ct_table:
     int64_t now             # newest packet time seen, ns
     int64_t timeouts[TO_N]  # ns
     uint64_t stats[ST_N]
+    uint64_t fresh[8]       # a 512-bit Bloom filter of the hashes indexed since the batch loop's
+                            # stage 2 last read the index (table_fresh): a packet whose probe found
+                            # nothing then, and whose hash is not in it, needs no second probe
     uint64_t reasons[R_N]
