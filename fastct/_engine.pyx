@@ -195,6 +195,12 @@ cdef inline void _stamp(ct_table *t, int64_t ts, pkt_meta *m) noexcept nogil:
     m.idx = -1
     m.dir = 0
 
+def clock():
+    """The batch loop's stage clock now (ticks: the x86 time-stamp counter, the arm64 virtual
+    counter, else nanoseconds); calibrate against time.perf_counter()."""
+    return clock_ticks()
+
+
 cdef inline bint _has_reply_tuple(const pkt_meta *m) noexcept nogil:
     """False for ICMP types without a reply type: the kernel cannot invert their tuple, so it never
     allocates a connection for them (and never makes room)."""
@@ -695,7 +701,10 @@ cdef class Engine:
                 "tcp_max_retrans": self.t.tcp_max_retrans, "checksum": self.t.checksum}
 
     def set_options(self, checksum=None, dccp_tracker=None, tcp_ignore_invalid_rst=None, early_drop=None,
-                    fast_paths=None):
+                    fast_paths=None, stage_clock=None):
+        if stage_clock is not None:
+            # Time the batch loop's three stages (stage_ticks()); off by default.
+            self.t.stage_clock = 1 if stage_clock else 0
         if fast_paths is not None:
             # (Only for tests that check the straight-line paths against the general ones.)
             self.t.tcp_fast = 1 if fast_paths else 0
@@ -715,6 +724,12 @@ cdef class Engine:
             self.t.tcp_be_liberal = 1 if be_liberal else 0
         if max_retrans is not None:
             self.t.tcp_max_retrans = max_retrans
+
+    def stage_ticks(self):
+        """Clock ticks (fastct._engine.clock()) spent so far in the batch loop's stages while
+        stage_clock was on: (parse and hash, index slots and entry prefetches, protocol work and
+        outputs)."""
+        return (self.t.stage_ticks[0], self.t.stage_ticks[1], self.t.stage_ticks[2])
 
     # ---- queries -------------------------------------------------------------------------
     @property
@@ -1006,6 +1021,7 @@ cdef class Engine:
         cdef uint32_t low
         cdef uint64_t home
         cdef int dres
+        cdef uint64_t tk0 = clock_ticks() if t.stage_clock else 0, tk1 = 0, tk2 = 0
         # Stage 1: parse, key, hash.  Headers are prefetched HDR_PREFETCH packets ahead.
         # The common packet (Ethernet, IPv4, TCP without SYN) when nothing in this batch needs more
         # of it (checksums, raw chains, VLAN zones): what the general path below makes of it, minus
@@ -1082,6 +1098,9 @@ cdef class Engine:
                     m.k[4], m.rk4 = m.rk4, m.k[4]
                 m.hash = key_hash(m.k[0], m.k[1], m.k[2], m.k[3], m.k[4], m.rk4, t.seed)
                 FASTCT_PREFETCH_R(&t.slots[(m.hash >> 32) & t.mask])
+        if t.stage_clock:
+            tk1 = clock_ticks()
+            t.stage_ticks[0] += tk1 - tk0
         # Stage 2: read the (prefetched) index slots and prefetch the entry each one points to, both
         # lines (and the cold record when per-packet chains will read the ct mark).  Keys are
         # compared in stage 3, once they have arrived.
@@ -1107,6 +1126,9 @@ cdef class Engine:
                     # A new connection into a full table: early drop reads the entries indexed
                     # from its home slot on (a flood's cost is these misses).
                     prefetch_eviction(t, m.hash)
+        if t.stage_clock:
+            tk2 = clock_ticks()
+            t.stage_ticks[1] += tk2 - tk1
         # Stage 3: protocol state and outputs, in packet order.
         memset(t.fresh, 0, sizeof(t.fresh))     # (stage 2 has just read the index)
         t.stats[ST_PACKETS] += cnt
@@ -1416,3 +1438,5 @@ cdef class Engine:
             o_entry[i] = idx
             o_dir[i] = 0
         t.stats[ST_FOUND] += found
+        if t.stage_clock:
+            t.stage_ticks[2] += clock_ticks() - tk2

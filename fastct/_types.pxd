@@ -9,6 +9,7 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t, int32_t
 cdef extern from "compat.h" nogil:
     bint FASTCT_LIKELY(bint)
     bint FASTCT_UNLIKELY(bint)
+    uint64_t clock_ticks "fastct_ticks"()
     void FASTCT_PREFETCH_R(const void *)
     void FASTCT_PREFETCH_W(const void *)
     uint16_t fastct_be16(const uint8_t *)
@@ -378,6 +379,8 @@ cdef struct ct_table:
     int64_t now             # newest packet time seen, ns
     int64_t timeouts[TO_N]  # ns
     uint64_t stats[ST_N]
+    uint64_t stage_ticks[3] # with stage_clock: fastct_ticks() spent in stages 1, 2 and 3
+    uint8_t stage_clock     # time the batch loop's stages (Engine.set_options(stage_clock=True))
     uint64_t fresh[8]       # a 512-bit Bloom filter of the hashes indexed since the batch loop's
                             # stage 2 last read the index (table_fresh): a packet whose probe found
                             # nothing then, and whose hash is not in it, needs no second probe

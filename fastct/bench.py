@@ -47,6 +47,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from fastct import _engine
 from fastct._version import __version__
 from fastct.batch import Batch
 from fastct.tracker import Tracker
@@ -72,6 +73,7 @@ class BenchOptions:
     repeats: int = 5
     popularity: tuple[str, ...] = ("uniform",)   # established: "uniform" or "zipf:S"
     nat: str = "off"                         # established, new: "off" or "dnat" (see NAT_MODES)
+    stages: bool = False                     # established, new: time the batch loop's stages too
 
 
 def make_tracker(opts: BenchOptions, max_conns: int, prefault: bool = False) -> Tracker:
@@ -85,6 +87,8 @@ def make_tracker(opts: BenchOptions, max_conns: int, prefault: bool = False) -> 
         nat = NatRules([NatRule(action="dnat", proto="tcp", to_min=_ip_text(NAT_BACKEND[0]),
                                 to_ports=int(NAT_BACKEND[1]))])
     tracker = Tracker(max_conns=max_conns, seed=opts.seed, prefault=prefault, nat=nat)
+    if opts.stages:
+        tracker._engine.set_options(stage_clock=True)
     if opts.nat == "rules":
         tracker.load_nft(RULES_NFT.format(backend=_ip_text(NAT_BACKEND[0]), port=NAT_BACKEND[1]),
                          source="bench")
@@ -605,12 +609,32 @@ def mixed_segments(n_flows, seed=1, segment_flows=CHUNK_CONNS):
 
 
 # ---- timing ---------------------------------------------------------------------------------
-def _time_process(tracker, batch, batch_size):
+def _time_process(tracker, batch, batch_size, stages=None):
+    """Seconds to process `batch` in calls of batch_size packets.  With a list `stages` (and the
+    tracker's stage clock on), appends the nanoseconds per packet each stage of the batch loop
+    took: the clock's ticks are converted by its rate over this same interval."""
     n = len(batch)
+    if stages is not None:
+        k0, c0 = tracker._engine.stage_ticks(), _engine.clock()
     t0 = time.perf_counter()
     for start in range(0, n, batch_size):
         tracker.process(batch.slice(start, min(n, start + batch_size)))
-    return time.perf_counter() - t0
+    dt = time.perf_counter() - t0
+    if stages is not None:
+        k1, c1 = tracker._engine.stage_ticks(), _engine.clock()
+        ticks_per_ns = (c1 - c0) / (dt * 1e9)
+        stages.append([(b - a) / ticks_per_ns / n for a, b in zip(k0, k1)])
+    return dt
+
+
+STAGE_NAMES = ("parse", "index", "update")     # the batch loop's stages 1-3 (fastct/_engine.pyx)
+
+
+def _stage_fields(stages) -> dict:
+    """The median over repeats of each stage's ns per packet, for a result; {} when not timed."""
+    if not stages:
+        return {}
+    return {"stage_ns": {name: float(np.median([s[i] for s in stages])) for i, name in enumerate(STAGE_NAMES)}}
 
 
 def timed_packets(n_packets, batch_size):
@@ -634,6 +658,7 @@ def scenario_established(n_conns, opts: BenchOptions):
     setup = time.perf_counter() - t_setup
     pops = [parse_popularity(p) for p in opts.popularity]
     times = {(p, b): [] for p in pops for b in opts.batch_sizes}
+    stages = {(p, b): ([] if opts.stages else None) for p in pops for b in opts.batch_sizes}
     for rep in range(opts.repeats):
         for p in pops:
             traffic = established_traffic(conns, opts.packets, rng, t_next, p, _reply_side(opts))
@@ -644,10 +669,11 @@ def scenario_established(n_conns, opts: BenchOptions):
                 if pristine is not None:
                     traffic.buf[:] = pristine
                 traffic.ts += t_next - int(traffic.ts[0])
-                times[(p, b)].append(_time_process(tracker, traffic.slice(0, n), b))
+                times[(p, b)].append(_time_process(tracker, traffic.slice(0, n), b, stages[(p, b)]))
                 t_next = int(traffic.ts[n - 1]) + 1
             del traffic
-    out = [(p, b, timed_packets(opts.packets, b), times[(p, b)], {"setup_seconds": setup, "nat": opts.nat})
+    out = [(p, b, timed_packets(opts.packets, b), times[(p, b)],
+            {"setup_seconds": setup, "nat": opts.nat, **_stage_fields(stages[(p, b)])})
            for p in pops for b in opts.batch_sizes]
     return out, tracker
 
@@ -658,6 +684,7 @@ def scenario_new(n_conns, opts: BenchOptions):
     batch = syn_storm(n_conns, np.random.default_rng(opts.seed))
     pristine = batch.buf.copy() if opts.nat != "off" else None      # (NAT rewrites the SYNs)
     times = {b: [] for b in opts.batch_sizes}
+    stages = {b: ([] if opts.stages else None) for b in opts.batch_sizes}
     table = {}
     for rep in range(opts.repeats):
         for b in _rotated(opts.batch_sizes, rep):
@@ -667,9 +694,9 @@ def scenario_new(n_conns, opts: BenchOptions):
             # Entry memory is touched before timing (prefault): the storm measures tracking, not the
             # kernel zeroing fresh pages (~250 ns per connection on this kind of machine).
             tracker = make_tracker(opts, max(n_conns, 1024), prefault=True)
-            times[b].append(_time_process(tracker, batch.slice(0, timed_packets(n_conns, b)), b))
+            times[b].append(_time_process(tracker, batch.slice(0, timed_packets(n_conns, b)), b, stages[b]))
             table[b] = tracker.memory_bytes()
-    return [(b, timed_packets(n_conns, b), times[b], table[b]) for b in opts.batch_sizes]
+    return [(b, timed_packets(n_conns, b), times[b], table[b], _stage_fields(stages[b])) for b in opts.batch_sizes]
 
 
 def scenario_growth(n_conns, batch_size, seed=1, opts: BenchOptions | None = None):
@@ -869,6 +896,10 @@ def add_arguments(p):
                         "to one backend: translated reply tuples, rewritten packets) and rules (the "
                         "same DNAT from an nftables ruleset with a raw and a filter chain every "
                         "packet walks), each measured in the same run (default off)")
+    p.add_argument("--stages", action="store_true",
+                   help="established and new: also time the batch loop's three stages (parse and "
+                        "hash; index slots and entry prefetches; protocol state and outputs) and "
+                        "print each one's ns per packet (the rest is the Python call around them)")
     p.add_argument("--json", action="store_true",
                    help="one JSON object per result and line: the text's figures (peak RSS is the "
                         "process's so far) plus scenario, conns, batch_size, packets, repeats, "
@@ -886,7 +917,7 @@ def options_from_args(args) -> BenchOptions:
         raise ValueError("give --zipf S or --popularity, not both")
     popularity = ([popularity_label(args.zipf)] if args.zipf is not None else args.popularity) or ["uniform"]
     return BenchOptions(seed=args.seed, packets=args.packets, batch_sizes=tuple(args.batch_size),
-                        repeats=args.repeats, popularity=tuple(popularity))
+                        repeats=args.repeats, popularity=tuple(popularity), stages=args.stages)
 
 
 def run(args) -> int:
@@ -908,8 +939,8 @@ def run(args) -> int:
                 del tr
         if "new" in scenarios:
             for mode in args.nat:
-                for b, pk, times, table in scenario_new(n, replace(opts, nat=mode)):
-                    emit(_result("new", n, b, pk, times, table, opts, nat=mode))
+                for b, pk, times, table, extra in scenario_new(n, replace(opts, nat=mode)):
+                    emit(_result("new", n, b, pk, times, table, opts, nat=mode, **extra))
         if "growth" in scenarios:
             for b in opts.batch_sizes:
                 times, tr = scenario_growth(n, b, opts=opts)
@@ -967,6 +998,10 @@ def _text(r) -> str:
                  f"({r['grows']} grows)")
     if "setup_seconds" in r:
         line += f"  setup {r['setup_seconds']:.1f} s"
+    if "stage_ns" in r:
+        st = r["stage_ns"]
+        line += (f"\n{'':12} stages, ns/pkt: parse {st['parse']:.1f}, index {st['index']:.1f}, "
+                 f"update {st['update']:.1f} (the rest of {r['ns_per_packet']:.1f}: the calls around them)")
     if r["scenario"] in ("synflood", "randflood"):
         line += (f"\n{'':12} ASSURED {r['assured_before']} -> {r['assured_after']}, "
                  f"established packets not est: {r['established_not_est']}, early_drop "

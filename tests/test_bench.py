@@ -55,6 +55,41 @@ def test_text_output(capsys):
             assert word in ln
 
 
+def test_stage_timing(capsys):
+    # Each stage's time is a part of the timed interval (one repeat: no medians to mix), measured
+    # with a clock calibrated over that same interval, so each is positive and they sum to less.
+    rows = run_json(capsys, "--scenario", "established,new", "--conns", "1k", "--packets", "20000",
+                    "--repeats", "1", "--batch-size", "4096", "--stages")
+    assert [r["scenario"] for r in rows] == ["established", "new"]
+    for r in rows:
+        st = r["stage_ns"]
+        assert set(st) == {"parse", "index", "update"}
+        assert all(v > 0 for v in st.values())
+        assert sum(st.values()) < r["ns_per_packet"]
+    assert main(["bench", "--scenario", "established", "--conns", "1k", "--packets", "2000",
+                 "--repeats", "1", "--stages"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and lines[1].split()[:2] == ["stages,", "ns/pkt:"]
+    # Without --stages the clock stays off: no stage fields.
+    assert all("stage_ns" not in r for r in run_json(capsys, "--scenario", "established", "--conns", "1k",
+                                                      "--packets", "2000", "--repeats", "1"))
+
+
+def test_stage_clock_counts_only_when_on():
+    from fastct.bench import established_traffic, handshake, _time_process
+    t = fastct.Tracker(max_conns=1024, seed=1)
+    hs, conns = handshake(100, np.random.default_rng(1), bench.T0)
+    _time_process(t, hs, 64)
+    assert t._engine.stage_ticks() == (0, 0, 0)
+    t._engine.set_options(stage_clock=True)
+    _time_process(t, established_traffic(conns, 1000, np.random.default_rng(2), bench.T0 + 10**9), 64)
+    ticks = t._engine.stage_ticks()
+    assert all(k > 0 for k in ticks)
+    t._engine.set_options(stage_clock=False)
+    _time_process(t, established_traffic(conns, 1000, np.random.default_rng(3), bench.T0 + 2 * 10**9), 64)
+    assert t._engine.stage_ticks() == ticks
+
+
 def test_every_scenario_small(capsys):
     rows = run_json(capsys, "--scenario", "all", "--conns", "1000", "--packets", "2000", "--repeats", "1",
                     "--batch-size", "256,4096")

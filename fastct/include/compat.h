@@ -3,6 +3,10 @@
 #define FASTCT_COMPAT_H
 #include <stdint.h>
 #include <string.h>
+#include <time.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <x86intrin.h>
+#endif
 
 #ifndef FASTCT_DEBUG
 #define FASTCT_DEBUG 0
@@ -12,6 +16,23 @@
 #define FASTCT_UNLIKELY(x) __builtin_expect(!!(x), 0)
 #define FASTCT_PREFETCH_R(p) __builtin_prefetch((const void *)(p), 0, 3)
 #define FASTCT_PREFETCH_W(p) __builtin_prefetch((const void *)(p), 1, 3)
+
+/* The clock of the optional per-stage timing (Engine.set_options(stage_clock=True)): cheap enough
+ * to read three times per sub-batch.  The time-stamp counter on x86 (constant rate, not the core's
+ * cycles), the virtual counter on arm64, else nanoseconds; callers calibrate it against wall time. */
+static inline uint64_t fastct_ticks(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    return __rdtsc();
+#elif defined(__aarch64__)
+    uint64_t v;
+    __asm__ volatile("mrs %0, cntvct_el0" : "=r"(v));
+    return v;
+#else
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+#endif
+}
 
 /* Unaligned big-endian loads: packet bytes are read through these only, after a length check. */
 static inline uint16_t fastct_be16(const uint8_t *p) { return (uint16_t)((p[0] << 8) | p[1]); }
