@@ -35,7 +35,11 @@ cnp.import_array()
 
 cdef enum:
     SUB = 64                  # packets per stage pass
-    HDR_PREFETCH = 16         # how far ahead packet headers are prefetched
+    # How far ahead packet headers are prefetched: into L2 far ahead, into L1 just before.  With
+    # one prefetch 16 packets ahead, the parse stage waited for headers once the table no longer fit
+    # in L2 (100k connections: 19 -> 14.5 ns per packet with the two, 1M: 21 -> 17.5 ns).
+    HDR_PREFETCH_L2 = 128
+    HDR_PREFETCH = 8
     MAX_PROBE = 512           # probe length bound (an insert that would go further is dropped)
     MIN_SLOTS = 1024
 
@@ -1013,7 +1017,6 @@ cdef class Engine:
         cdef bint full
         cdef uint8_t reason, st, pol
         cdef uint16_t zn
-        cdef Py_ssize_t ahead = HDR_PREFETCH if HDR_PREFETCH < left else left
         cdef uint64_t okey[5]
         cdef rs_ctx rc
         cdef bint walk = t.rs_on and (rs_has(t, HP_PRE) or rs_has(t, HP_LATE))
@@ -1022,7 +1025,7 @@ cdef class Engine:
         cdef uint64_t home
         cdef int dres
         cdef uint64_t tk0 = clock_ticks() if t.stage_clock else 0, tk1 = 0, tk2 = 0
-        # Stage 1: parse, key, hash.  Headers are prefetched HDR_PREFETCH packets ahead.
+        # Stage 1: parse, key, hash.  Headers are prefetched ahead (HDR_PREFETCH_L2, HDR_PREFETCH).
         # The common packet (Ethernet, IPv4, TCP without SYN) when nothing in this batch needs more
         # of it (checksums, raw chains, VLAN zones): what the general path below makes of it, minus
         # the checks that cannot apply.  tests/test_fastpath.py compares the two.
@@ -1031,6 +1034,8 @@ cdef class Engine:
         cdef uint64_t zone_bits = <uint64_t>zone << 32
         cdef uint64_t k4
         for i in range(cnt):
+            if i + HDR_PREFETCH_L2 < left:
+                FASTCT_PREFETCH_L2(buf + off[i + HDR_PREFETCH_L2])
             if i + HDR_PREFETCH < left:
                 FASTCT_PREFETCH_R(buf + off[i + HDR_PREFETCH])
             m = &self._meta[i]

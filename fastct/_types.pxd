@@ -11,6 +11,7 @@ cdef extern from "compat.h" nogil:
     bint FASTCT_UNLIKELY(bint)
     uint64_t clock_ticks "fastct_ticks"()
     void FASTCT_PREFETCH_R(const void *)
+    void FASTCT_PREFETCH_L2(const void *)
     void FASTCT_PREFETCH_W(const void *)
     uint16_t fastct_be16(const uint8_t *)
     uint32_t fastct_be32(const uint8_t *)

@@ -15,6 +15,7 @@
 #define FASTCT_LIKELY(x)   __builtin_expect(!!(x), 1)
 #define FASTCT_UNLIKELY(x) __builtin_expect(!!(x), 0)
 #define FASTCT_PREFETCH_R(p) __builtin_prefetch((const void *)(p), 0, 3)
+#define FASTCT_PREFETCH_L2(p) __builtin_prefetch((const void *)(p), 0, 1)   /* into L2, not L1 */
 #define FASTCT_PREFETCH_W(p) __builtin_prefetch((const void *)(p), 1, 3)
 
 /* The clock of the optional per-stage timing (Engine.set_options(stage_clock=True)): cheap enough
