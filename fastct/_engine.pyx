@@ -40,6 +40,10 @@ cdef enum:
     # in L2 (100k connections: 19 -> 14.5 ns per packet with the two, 1M: 21 -> 17.5 ns).
     HDR_PREFETCH_L2 = 128
     HDR_PREFETCH = 8
+    # An entry's second line is prefetched by stage 3 this many packets ahead (stage 2 fetches it
+    # only for the first ones): the misses of stage 2, which computes little, then stall it less,
+    # and stage 3 has them in time (1M connections: ~2 % more packets per second).
+    LINE1_AHEAD = 24
     MAX_PROBE = 512           # probe length bound (an insert that would go further is dropped)
     MIN_SLOTS = 1024
 
@@ -1106,9 +1110,10 @@ cdef class Engine:
         if t.stage_clock:
             tk1 = clock_ticks()
             t.stage_ticks[0] += tk1 - tk0
-        # Stage 2: read the (prefetched) index slots and prefetch the entry each one points to, both
-        # lines (and the cold record when per-packet chains will read the ct mark).  Keys are
-        # compared in stage 3, once they have arrived.
+        # Stage 2: read the (prefetched) index slots and prefetch the entry each one points to (its
+        # second line too for the first LINE1_AHEAD packets; stage 3 fetches it for the others),
+        # and the cold record when per-packet chains will read the ct mark.  Keys are compared in
+        # stage 3, once they have arrived.
         for i in range(cnt):
             m = &self._meta[i]
             if m.kind == PK_TRACK:
@@ -1122,7 +1127,8 @@ cdef class Engine:
                 m.cand_reply = (low & SLOT_REPLY) != 0
                 if cand >= 0:
                     FASTCT_PREFETCH_W(&t.e[cand])
-                    FASTCT_PREFETCH_W(<char *>&t.e[cand] + 64)
+                    if i < LINE1_AHEAD:
+                        FASTCT_PREFETCH_W(<char *>&t.e[cand] + 64)
                     if t.nat_live:
                         FASTCT_PREFETCH_R(&t.nat[cand])     # (a packet of a NAT'd connection needs it)
                     if walk:
@@ -1143,6 +1149,8 @@ cdef class Engine:
         cdef bint fast3 = t.tcp_fast and not walk and t.zone_policy == NULL
         for i in range(cnt):
             m = &self._meta[i]
+            if i + LINE1_AHEAD < cnt and self._meta[i + LINE1_AHEAD].idx >= 0:
+                FASTCT_PREFETCH_W(<char *>&t.e[self._meta[i + LINE1_AHEAD].idx] + 64)
             o_held[i] = 0
             if fast3 and m.kind == PK_TRACK and m.proto == IP_PROTO_TCP and m.pflags == 0 and \
                     not m.cand_reply and <uint32_t>m.idx < t.n and (m.tcpflags & 0x17) == 0x10:
