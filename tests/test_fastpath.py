@@ -1,6 +1,7 @@
 """The straight-line fast paths (the Ethernet/IPv4/TCP parser, an established ACK and a first SYN
-in _tcp.pxd, the batch loop's stage 1 and 3 shortcuts) must do exactly what the general paths do.  Every input is run twice, fast paths on and off, and everything is compared: each
-packet's ct_state, entry and direction, every table byte (entries and cold records), the counters.
+in _tcp.pxd, the batch loop's stage 1 and 3 shortcuts) must do exactly what the general paths do.
+Every input is run twice, fast paths on and off, and everything is compared: each packet's
+ct_state, entry and direction, every table byte (entries and cold records), the counters.
 
 Inputs: random TCP traffic aimed at the window edges (seq, ack and windows just inside and outside
 every bound, zero windows, retransmissions, the odd FIN/RST/SYN), and every real capture in
